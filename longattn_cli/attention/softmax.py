@@ -1,0 +1,50 @@
+"""Exact softmax attention, the baseline every approximation is measured against."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from longattn_cli.attention.base import Attention, AttentionSettings, register
+
+IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclasses.dataclass
+class SoftmaxSettings(AttentionSettings):
+    """Settings of exact attention.
+
+    Attributes:
+        implementation: ``sdpa`` (torch's fused scaled_dot_product_attention) or ``eager`` (explicit
+            matmul-softmax-matmul, mainly as a benchmark reference).
+    """
+
+    implementation: str = "sdpa"
+
+    def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation={self.implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}"
+            )
+
+
+@register
+class SoftmaxAttention(Attention):
+    """softmax(q kᵀ / √d + mask) v over the real keys."""
+
+    name = "softmax"
+    Settings = SoftmaxSettings
+
+    def forward(self, q, k, v, mask):
+        p = self.dropout if self.training else 0.0
+        bias = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N) bool, True = attend
+        if self.settings.implementation == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, N, N)
+        if bias is not None:
+            scores = scores.masked_fill(~bias, torch.finfo(scores.dtype).min)
+        probs = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
+        return probs @ v

@@ -1,0 +1,327 @@
+"""Loading checkpoints into the longattn family: our own, and foreign ones through explicit key maps.
+
+Every foreign family is an :class:`Importer`: a function from its ``config.json`` to our config arguments,
+and an explicit map from its state-dict keys to ours. RoBERTa and BERT live here; YOSO, Nyströmformer and
+LSG register theirs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longattn_cli.errors import UserError
+from longattn_cli.hub import resolve
+from longattn_cli.modeling import HEADS, LongAttnConfig
+
+# Config fields that carry over unchanged from BERT-like configs.
+_COMMON_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "classifier_dropout",
+    "id2label",
+    "label2id",
+    "problem_type",
+)
+
+
+@dataclasses.dataclass
+class Importer:
+    """How to bring one foreign ``model_type`` into the family.
+
+    Attributes:
+        prefix: the source's base-model prefix (``roberta``, ``bert``...).
+        config: source config dict → keyword arguments of :class:`LongAttnConfig`.
+        key_map: (source config dict, source state-dict keys) → {source key: our key}, with our keys named
+            as in the full ``*ForX`` model (``longattn.``-prefixed). Keys it leaves out are dropped.
+        head_of: which of our heads the source architecture carries.
+    """
+
+    prefix: str
+    config: Callable[[dict[str, Any]], dict[str, Any]]
+    key_map: Callable[[dict[str, Any], list[str]], dict[str, str]]
+
+
+IMPORTERS: dict[str, Importer] = {}
+
+
+def common_config(src: dict[str, Any], **overrides) -> dict[str, Any]:
+    """Fields shared by BERT-derived configs, plus ``overrides``."""
+    out = {k: src[k] for k in _COMMON_FIELDS if k in src and src[k] is not None}
+    if "id2label" in out:
+        out["id2label"] = {int(k): v for k, v in out["id2label"].items()}
+    out.update(overrides)
+    return out
+
+
+def bert_style_body(prefix: str, num_layers: int) -> dict[str, str]:
+    """The embedding and encoder keys shared by BERT, RoBERTa, YOSO and Nyströmformer checkpoints."""
+    m = {}
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        m[f"{prefix}.embeddings.{name}.weight"] = f"longattn.embeddings.{name}.weight"
+    for t in ("weight", "bias"):
+        m[f"{prefix}.embeddings.LayerNorm.{t}"] = f"longattn.embeddings.layer_norm.{t}"
+    for i in range(num_layers):
+        src, dst = f"{prefix}.encoder.layer.{i}", f"longattn.layers.{i}"
+        pairs = {
+            "attention.self.query": "query",
+            "attention.self.key": "key",
+            "attention.self.value": "value",
+            "attention.output.dense": "attention_output",
+            "attention.output.LayerNorm": "attention_norm",
+            "intermediate.dense": "intermediate",
+            "output.dense": "output",
+            "output.LayerNorm": "output_norm",
+        }
+        for a, b in pairs.items():
+            for t in ("weight", "bias"):
+                m[f"{src}.{a}.{t}"] = f"{dst}.{b}.{t}"
+    return m
+
+
+def bert_mlm_head() -> dict[str, str]:
+    """BERT's ``cls.predictions`` head (also used by YOSO and Nyströmformer)."""
+    return {
+        "cls.predictions.transform.dense.weight": "lm_head.dense.weight",
+        "cls.predictions.transform.dense.bias": "lm_head.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight": "lm_head.layer_norm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "lm_head.layer_norm.bias",
+        "cls.predictions.decoder.weight": "lm_head.decoder.weight",
+        "cls.predictions.bias": "lm_head.bias",
+    }
+
+
+def roberta_heads() -> dict[str, str]:
+    """RoBERTa's MLM, sequence- and token-classification heads."""
+    m = {f"lm_head.{n}.{t}": f"lm_head.{n}.{t}" for n in ("dense", "layer_norm") for t in ("weight", "bias")}
+    m["lm_head.decoder.weight"] = "lm_head.decoder.weight"
+    m["lm_head.bias"] = "lm_head.bias"
+    for n in ("dense", "out_proj"):
+        for t in ("weight", "bias"):
+            m[f"classifier.{n}.{t}"] = f"classifier.{n}.{t}"
+    return m
+
+
+def _roberta_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    m = bert_style_body("roberta", cfg["num_hidden_layers"]) | roberta_heads()
+    if any(k.startswith("classifier.weight") for k in keys):  # token classification: one linear layer
+        m |= {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
+    return m
+
+
+def _bert_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    m = bert_style_body("bert", cfg["num_hidden_layers"]) | bert_mlm_head()
+    token_level = any("ForTokenClassification" in a for a in cfg.get("architectures") or [])
+    for t in ("weight", "bias"):
+        if token_level:
+            m[f"classifier.{t}"] = f"classifier.{t}"
+        else:  # BERT's pooler + classifier is RoBERTa's dense + out_proj head
+            m[f"bert.pooler.dense.{t}"] = f"classifier.dense.{t}"
+            m[f"classifier.{t}"] = f"classifier.out_proj.{t}"
+    return m
+
+
+def _check_absolute(src: dict[str, Any]) -> None:
+    kind = src.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise UserError(f"position_embedding_type={kind!r} is not supported; only 'absolute' position embeddings are")
+
+
+def _roberta_config(src: dict[str, Any]) -> dict[str, Any]:
+    _check_absolute(src)
+    return common_config(src, position_offset=src.get("pad_token_id", 1) + 1)
+
+
+def _bert_config(src: dict[str, Any]) -> dict[str, Any]:
+    _check_absolute(src)
+    return common_config(src, position_offset=0, pad_token_id=src.get("pad_token_id", 0))
+
+
+IMPORTERS["roberta"] = Importer("roberta", _roberta_config, _roberta_keys)
+IMPORTERS["xlm-roberta"] = Importer("roberta", _roberta_config, _roberta_keys)
+IMPORTERS["camembert"] = Importer("roberta", _roberta_config, _roberta_keys)
+IMPORTERS["bert"] = Importer("bert", _bert_config, _bert_keys)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {directory / 'config.json'}: {exc}") from None
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: safetensors (single or sharded), else a pickle that
+    ``torch.load(weights_only=True)`` accepts."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        sd: dict[str, torch.Tensor] = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        return sd
+    pickles = sorted(directory.glob("pytorch_model*.bin"))
+    if not pickles:
+        raise UserError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin")
+    sd = {}
+    for f in pickles:
+        try:
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as exc:
+            raise UserError(f"refusing to load {f}: not loadable with weights_only=True ({type(exc).__name__})") from None
+    return sd
+
+
+def supported_types() -> list[str]:
+    return sorted(["longattn", *IMPORTERS])
+
+
+def detect_head(cfg: dict[str, Any]) -> str:
+    """Our head matching the source's ``architectures`` (``base`` when none is recognised)."""
+    arch = " ".join(cfg.get("architectures") or [])
+    for suffix, head in (
+        ("ForMaskedLM", "masked-lm"),
+        ("ForSequenceClassification", "sequence-classification"),
+        ("ForTokenClassification", "token-classification"),
+    ):
+        if suffix in arch:
+            return head
+    return "base"
+
+
+def import_config(directory: Path, attention: str | None = None, attention_settings: dict | None = None):
+    """Our :class:`LongAttnConfig` for the checkpoint in ``directory`` (ours or a foreign one)."""
+    src = read_config(directory)
+    kind = src.get("model_type")
+    if kind == "longattn":
+        config = LongAttnConfig.from_pretrained(directory)
+    elif kind in IMPORTERS:
+        config = LongAttnConfig(**IMPORTERS[kind].config(src))
+        config.architectures = src.get("architectures")
+    else:
+        raise UserError(f"unsupported architecture model_type={kind!r} in {directory}; supported: {', '.join(supported_types())}")
+    if attention or attention_settings:
+        config.set_attention(attention, **(attention_settings or {}))
+    return config
+
+
+def load_model(
+    source: str,
+    head: str = "auto",
+    attention: str | None = None,
+    attention_settings: dict[str, Any] | None = None,
+    **config_overrides,
+):
+    """Load ``source`` (hub id or directory; longattn, RoBERTa, BERT, ...) as one of our models.
+
+    Args:
+        source: a checkpoint directory or a hub id.
+        head: ``auto`` (the source's own head), ``base``, ``masked-lm``, ``sequence-classification`` or
+            ``token-classification``. A head the source lacks is initialised randomly.
+        attention: switch to this mechanism (e.g. run a softmax checkpoint with ``yoso``).
+        attention_settings: override the mechanism's settings (e.g. ``{"use_expectation": False}``).
+        **config_overrides: other config fields (``num_labels``, dropouts...).
+
+    Returns:
+        The model in eval mode, on CPU, in float32.
+    """
+    directory = resolve(source)
+    src = read_config(directory)
+    config = import_config(directory, attention, attention_settings)
+    for k, v in config_overrides.items():
+        setattr(config, k, v)
+    if head == "auto":
+        head = detect_head(src)
+    if head not in HEADS:
+        raise UserError(f"unknown head {head!r}; valid: auto, {', '.join(HEADS)}")
+    model = HEADS[head](config)
+    state = read_state_dict(directory)
+    if src.get("model_type") == "longattn":
+        state = _retarget_own(state, head)
+    else:
+        importer = IMPORTERS[src["model_type"]]
+        mapping = importer.key_map(src, list(state))
+        mapped = {}
+        for k, v in state.items():
+            # A bare source model has no prefix; give it one so one map serves both.
+            key = k if k in mapping else f"{importer.prefix}.{k}"
+            if key in mapping:
+                mapped[mapping[key]] = v
+        state = mapped if head != "base" else {k.removeprefix("longattn."): v for k, v in mapped.items()}
+    _load_into(model, state, source)
+    return model.eval()
+
+
+def _retarget_own(state: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
+    """Our own checkpoints saved from a bare model lack the ``longattn.`` prefix, and vice versa."""
+    bare = not any(k.startswith("longattn.") for k in state)
+    if head == "base":
+        return {k.removeprefix("longattn."): v for k, v in state.items() if bare or k.startswith("longattn.")}
+    return {(f"longattn.{k}" if bare else k): v for k, v in state.items()}
+
+
+def _load_into(model, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise UserError(f"{source}: weight {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    missing = [k for k in result.missing_keys if k not in tied]
+    body_missing = [k for k in missing if k.startswith(("longattn.", "embeddings.", "layers."))]
+    if body_missing:
+        raise UserError(f"{source}: the checkpoint lacks encoder weights, e.g. {body_missing[0]}")
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    if missing:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]note:[/] {len(missing)} head weight(s) not in {source} were initialised randomly ({missing[0]}, ...)")
+
+
+def load_tokenizer(source: str):
+    """The tokenizer stored with ``source``; a :class:`UserError` if there is none."""
+    from transformers import AutoTokenizer
+
+    directory = resolve(source)
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as exc:
+        raise UserError(f"no usable tokenizer in {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def export_roberta(model, out_dir: str | Path) -> None:
+    """Write a ``LongAttnForMaskedLM`` with softmax attention as a stock ``RobertaForMaskedLM`` directory."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    cfg = model.config
+    if cfg.attention != "softmax" or cfg.position_offset != cfg.pad_token_id + 1 or cfg.num_global_tokens:
+        raise UserError(
+            f"only softmax models with RoBERTa positions export to RoBERTa (got attention={cfg.attention!r}, position_offset={cfg.position_offset})"
+        )
+    fields = {k: getattr(cfg, k) for k in _COMMON_FIELDS if getattr(cfg, k, None) is not None}
+    target = RobertaForMaskedLM(RobertaConfig(**fields))
+    inverse = {ours: theirs for theirs, ours in _roberta_keys(target.config.to_dict(), []).items()}
+    ours = model.state_dict()
+    target.load_state_dict({inverse[k]: v for k, v in ours.items() if k in inverse}, strict=False)
+    target.tie_weights()
+    target.save_pretrained(out_dir)

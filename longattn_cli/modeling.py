@@ -1,0 +1,378 @@
+"""The longattn model family: one post-LN transformer encoder whose attention is a plug-in.
+
+The family is registered with transformers' Auto classes under ``model_type = "longattn"`` (see
+``longattn_cli/__init__.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
+``pipeline("fill-mask", model=dir)`` work after ``import longattn_cli``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from longattn_cli.attention import build_attention, make_settings
+
+
+class LongAttnConfig(PretrainedConfig):
+    """Configuration of a longattn encoder.
+
+    Args:
+        vocab_size: size of the token vocabulary.
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of encoder layers.
+        num_attention_heads: heads per layer; must divide ``hidden_size``.
+        intermediate_size: width of the feed-forward block.
+        hidden_act: feed-forward (and MLM head) activation, a key of ``transformers.activations.ACT2FN``.
+        hidden_dropout_prob: dropout on embeddings and residual branches.
+        attention_probs_dropout_prob: dropout on attention probabilities (mechanisms that have them).
+        max_position_embeddings: rows of the position table (including ``position_offset``).
+        type_vocab_size: rows of the token-type table.
+        layer_norm_eps: LayerNorm epsilon.
+        position_offset: index of the first real token's position row (0 for BERT, 2 for RoBERTa, YOSO
+            and Nyströmformer checkpoints). Positions count real tokens only, so left or right padding
+            never shifts them; padding positions use row ``max(position_offset - 1, 0)``.
+        attention: name of the attention mechanism (see ``longattn_cli.attention.available()``).
+        attention_settings: the mechanism's settings, validated by its ``Settings`` dataclass.
+        classifier_dropout: dropout in classification heads (defaults to ``hidden_dropout_prob``).
+    """
+
+    model_type = "longattn"
+
+    def __init__(
+        self,
+        vocab_size: int = 50265,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 514,
+        type_vocab_size: int = 1,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-5,
+        position_offset: int = 2,
+        attention: str = "softmax",
+        attention_settings: dict[str, Any] | None = None,
+        classifier_dropout: float | None = None,
+        pad_token_id: int = 1,
+        bos_token_id: int = 0,
+        eos_token_id: int = 2,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.position_offset = position_offset
+        self.attention = attention
+        # Validate now (unknown mechanism or setting fails here) and store the complete, explicit settings.
+        self.attention_settings = make_settings(attention, attention_settings).to_dict()
+        self.classifier_dropout = classifier_dropout
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}")
+
+    @property
+    def num_global_tokens(self) -> int:
+        """Learned tokens prepended to every sequence (used by LSG; 0 for the other mechanisms)."""
+        return int(self.attention_settings.get("num_global_tokens", 0) or 0)
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input (in tokens, special tokens included) the position table admits."""
+        return self.max_position_embeddings - self.position_offset
+
+    def set_attention(self, attention: str | None = None, **settings) -> None:
+        """Switch mechanism and/or update its settings in place, validating the result.
+
+        Settings of the current mechanism are kept when the mechanism does not change.
+        """
+        name = attention or self.attention
+        base = dict(self.attention_settings) if name == self.attention else {}
+        base.update(settings)
+        self.attention_settings = make_settings(name, base).to_dict()
+        self.attention = name
+
+
+class LongAttnEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, with optional learned global tokens prepended."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.num_global_tokens = config.num_global_tokens
+        if self.num_global_tokens:
+            self.global_embeddings = nn.Embedding(self.num_global_tokens, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
+
+    def position_ids(self, mask: torch.Tensor) -> torch.Tensor:
+        """Positions that count real tokens only: (B, N) from a (B, N) bool mask."""
+        real = mask.long()
+        pos = torch.cumsum(real, dim=1) - 1 + self.position_offset
+        return torch.where(mask, pos, max(self.position_offset - 1, 0))
+
+    def forward(self, input_ids, mask, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if position_ids is None:
+            position_ids = self.position_ids(mask)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(position_ids)
+        x = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        if self.num_global_tokens:
+            g = self.global_embeddings.weight[None].expand(x.shape[0], -1, -1)  # (B, G, C)
+            x = torch.cat([g.to(x.dtype), x], dim=1)
+        return self.dropout(self.layer_norm(x))
+
+
+class LongAttnLayer(nn.Module):
+    """One post-LN encoder layer: projections here, the mechanism in ``self.attention``."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__()
+        h, c = config.num_attention_heads, config.hidden_size
+        self.num_heads, self.head_dim = h, c // h
+        self.query = nn.Linear(c, c)
+        self.key = nn.Linear(c, c)
+        self.value = nn.Linear(c, c)
+        self.attention = build_attention(
+            config.attention, config.attention_settings, h, self.head_dim, config.attention_probs_dropout_prob
+        )
+        self.attention_output = nn.Linear(c, c)
+        self.attention_norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(c, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.output = nn.Linear(config.intermediate_size, c)
+        self.output_norm = nn.LayerNorm(c, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        a = self.attention(q, k, v, mask).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+        x = self.attention_norm(x + self.dropout(self.attention_output(a)))
+        y = self.output(self.act(self.intermediate(x)))
+        return self.output_norm(x + self.dropout(y))
+
+
+class LongAttnPreTrainedModel(PreTrainedModel):
+    config_class = LongAttnConfig
+    base_model_prefix = "longattn"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LongAttnLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, LongAttnLMHead):
+            module.bias.zero_()
+
+
+class LongAttnModel(LongAttnPreTrainedModel):
+    """The bare encoder: ``last_hidden_state`` (B, N, C) for the input tokens (global tokens removed)."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__(config)
+        self.embeddings = LongAttnEmbeddings(config)
+        self.layers = nn.ModuleList(LongAttnLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if attention_mask is None:
+            mask = torch.ones(shape, dtype=torch.bool, device=device)
+        else:
+            mask = attention_mask.to(device=device, dtype=torch.bool)
+        x = self.embeddings(input_ids, mask, token_type_ids, position_ids, inputs_embeds)
+        g = self.embeddings.num_global_tokens
+        if g:
+            mask = torch.cat([mask.new_ones(shape[0], g), mask], dim=1)
+        hidden = [x[:, g:]] if output_hidden_states else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = self._gradient_checkpointing_func(layer.__call__, x, mask)
+            else:
+                x = layer(x, mask)
+            if hidden is not None:
+                hidden.append(x[:, g:])
+        return BaseModelOutput(last_hidden_state=x[:, g:], hidden_states=tuple(hidden) if hidden else None)
+
+
+class LongAttnLMHead(nn.Module):
+    """dense → activation → LayerNorm → decoder (tied to the word embeddings) + bias."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(self.act(self.dense(x)))) + self.bias
+
+
+class LongAttnForMaskedLM(LongAttnPreTrainedModel):
+    _tied_weights_keys = {"lm_head.decoder.weight": "longattn.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__(config)
+        self.longattn = LongAttnModel(config)
+        self.lm_head = LongAttnLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, output_hidden_states=None, **kwargs):
+        out = self.longattn(
+            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
+        )
+        logits = self.lm_head(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1).to(logits.device))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class LongAttnClassificationHead(nn.Module):
+    """First-token head: dropout → dense → tanh → dropout → out_proj (RoBERTa's; BERT's pooler maps onto it)."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(p)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.dense(self.dropout(x[:, 0])))
+        return self.out_proj(self.dropout(x))
+
+
+def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss by ``config.problem_type`` as transformers infers it (regression, single- or multi-label)."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float().view(logits.shape[0]))
+    if config.problem_type == "single_label_classification":
+        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class LongAttnForSequenceClassification(LongAttnPreTrainedModel):
+    def __init__(self, config: LongAttnConfig):
+        super().__init__(config)
+        self.longattn = LongAttnModel(config)
+        self.classifier = LongAttnClassificationHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, output_hidden_states=None, **kwargs):
+        out = self.longattn(
+            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
+        )
+        logits = self.classifier(out.last_hidden_state)
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels.to(logits.device))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class LongAttnForTokenClassification(LongAttnPreTrainedModel):
+    def __init__(self, config: LongAttnConfig):
+        super().__init__(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.longattn = LongAttnModel(config)
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, output_hidden_states=None, **kwargs):
+        out = self.longattn(
+            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:  # -100 marks positions without a label (padding, sub-word continuations)
+            loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels).float(), labels.view(-1).to(logits.device))
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+HEADS = {
+    "base": LongAttnModel,
+    "masked-lm": LongAttnForMaskedLM,
+    "sequence-classification": LongAttnForSequenceClassification,
+    "token-classification": LongAttnForTokenClassification,
+}

@@ -1,0 +1,106 @@
+"""Tiny tokenizers and checkpoints built offline, for tests, the demo and documentation examples.
+
+Nothing here downloads: tokenizers are trained with ``tokenizers`` on text that ships with CPython
+(``pydoc_data.topics``), and checkpoints are transformers' own classes with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def python_docs_text() -> list[str]:
+    """Paragraphs of English from CPython's bundled pydoc topics (always installed)."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for body in topics.values():
+        out.extend(p.strip() for p in body.split("\n\n") if len(p.strip()) > 40)
+    return out
+
+
+def train_bpe_tokenizer(out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None, model_max_length: int = 512):
+    """A byte-level BPE tokenizer with RoBERTa's special tokens, saved to ``out_dir``; returns it loaded."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(
+        texts or python_docs_text(),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
+    tok.save_model(str(out_dir))
+    # Built from the directory: the vocab_file/merges_file constructor silently yields a 5-token tokenizer.
+    from tokenizers import AddedToken
+
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False)  # as RoBERTa's: "the <mask>" has no stray space
+    fast = RobertaTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, mask_token=mask)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def train_wordpiece_tokenizer(out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 512):
+    """A lower-cased WordPiece tokenizer with BERT's special tokens, saved to ``out_dir``; returns it loaded."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train_from_iterator(python_docs_text(), vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.save_model(str(out_dir))
+    fast = BertTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, do_lower_case=True)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_reference(family: str, out_dir: str | Path, head: str = "ForMaskedLM", tokenizer_dir: str | Path | None = None, seed: int = 0, **overrides):
+    """Save a tiny random ``{Family}{head}`` checkpoint of transformers' own classes to ``out_dir``.
+
+    Args:
+        family: ``roberta``, ``bert``, ``yoso`` or ``nystromformer``.
+        head: ``ForMaskedLM``, ``Model``, ``ForSequenceClassification`` or ``ForTokenClassification``.
+        tokenizer_dir: a saved tokenizer to copy in (its vocabulary size is used).
+        overrides: config fields.
+
+    Returns:
+        The reference model, in eval mode.
+    """
+    import shutil
+
+    import torch
+    import transformers
+
+    names = {"roberta": "Roberta", "bert": "Bert", "yoso": "Yoso", "nystromformer": "Nystromformer"}
+    name = names[family]
+    config_cls = getattr(transformers, f"{name}Config")
+    model_cls = getattr(transformers, f"{name}{head}")
+    kw = dict(TINY)
+    kw["max_position_embeddings"] = 130 if family != "bert" else 128
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        kw["vocab_size"] = len(tok)
+        kw["pad_token_id"] = tok.pad_token_id
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**kw)).eval()
+    # Random LayerNorm and bias values so that a wrongly mapped key cannot hide behind ones and zeros.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out_dir)
+    if tokenizer_dir is not None:
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file() and f.name != "config.json":
+                shutil.copy(f, Path(out_dir) / f.name)
+    return model

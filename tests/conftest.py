@@ -1,0 +1,17 @@
+import pytest
+
+from longattn_cli.testing import train_bpe_tokenizer, train_wordpiece_tokenizer
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bpe")
+    train_bpe_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def wordpiece_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wordpiece")
+    train_wordpiece_tokenizer(d)
+    return d
