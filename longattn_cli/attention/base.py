@@ -39,6 +39,11 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.dropout = dropout
 
+    @classmethod
+    def benchmark_variants(cls) -> dict[str, dict[str, Any]]:
+        """Labelled settings that ``longattn benchmark`` measures by default (label → settings dict)."""
+        return {cls.name: {}}
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:  # pragma: no cover - abstract

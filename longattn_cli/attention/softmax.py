@@ -38,6 +38,10 @@ class SoftmaxAttention(Attention):
     name = "softmax"
     Settings = SoftmaxSettings
 
+    @classmethod
+    def benchmark_variants(cls):
+        return {"softmax-sdpa": {"implementation": "sdpa"}, "softmax-eager": {"implementation": "eager"}}
+
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0
         bias = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N) bool, True = attend
