@@ -1,0 +1,201 @@
+"""Nyströmformer attention (Xiong et al., 2021, arXiv 2102.03902): softmax attention through m landmarks.
+
+    out = softmax(Q K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ Kᵀ + mask) · V  +  conv(V · mask)      (eq. 15)
+
+with Q and K each scaled by d^(-1/4) (so every product carries the usual 1/√d), landmarks Q̃, K̃ the means of
+m segments of the sequence ("segment-means", Section 3.3), and pinv the iterative Moore-Penrose approximation
+of Section 3.2. The cost is O(n·m) time and memory: no n×n tensor is ever built on the approximate path.
+
+Segments, padding and short inputs (what differs from transformers' implementation):
+
+* Landmarks are means over the REAL tokens of each sequence only. A sequence with ``c`` real tokens is cut
+  into ``m`` contiguous segments of ⌊c/m⌋ or ⌈c/m⌉ real tokens: real token number ``r`` (0-based, counting
+  real tokens only) belongs to segment ⌊r·m/c⌋. Padding is never in a landmark, never a key of any softmax,
+  and its values are zeroed before the convolution, so adding padding (left or right) leaves the outputs at
+  real tokens unchanged. Any length works; it need not be a multiple of ``m``.
+* A sequence with ``c ≤ m`` real tokens gets exact softmax attention (plus the convolution term): with as
+  many landmarks as tokens the Nyström form is exact in theory, and here it is exact in practice too.
+* The ``original`` pseudo-inverse initialisation divides by the largest column sum over the whole batch, as
+  published; ``exact`` uses each matrix's own ‖A‖₁ (independent of the other batch items, faster convergence).
+* As in the reference there is no dropout on attention probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from longattn_cli.attention.base import Attention, AttentionSettings, register
+
+PINV_INITS = ("original", "exact")
+
+
+@dataclasses.dataclass
+class NystromSettings(AttentionSettings):
+    """Settings of Nyströmformer attention.
+
+    Attributes:
+        num_landmarks: number of landmarks m; sequences with at most m real tokens get exact attention.
+        pinv_iterations: iterations of the pseudo-inverse approximation (6 in the paper).
+        conv_kernel_size: odd kernel length of the depthwise convolution over V added to the output (one
+            filter per head, as in the published checkpoints), or None for no convolution.
+        pinv_init: ``original`` (Z₀ = Aᵀ / max column sum over the whole batch, as published) or ``exact``
+            (Z₀ = Aᵀ / ‖A‖₁ per matrix).
+    """
+
+    num_landmarks: int = 64
+    pinv_iterations: int = 6
+    conv_kernel_size: int | None = None
+    pinv_init: str = "original"
+
+    def __post_init__(self):
+        if not _is_int(self.num_landmarks) or self.num_landmarks < 1:
+            raise ValueError(f"num_landmarks={self.num_landmarks!r} must be a positive integer")
+        if not _is_int(self.pinv_iterations) or self.pinv_iterations < 1:
+            raise ValueError(f"pinv_iterations={self.pinv_iterations!r} must be a positive integer")
+        k = self.conv_kernel_size
+        if k is not None and (not _is_int(k) or k < 1 or k % 2 == 0):
+            raise ValueError(f"conv_kernel_size={k!r} must be an odd positive integer or None")
+        if self.pinv_init not in PINV_INITS:
+            raise ValueError(f"pinv_init={self.pinv_init!r} is not one of {', '.join(PINV_INITS)}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def iterative_pinv(a: torch.Tensor, iterations: int = 6, init: str = "original") -> torch.Tensor:
+    """Approximate Moore-Penrose inverse of a batch of row-stochastic matrices (Section 3.2 of the paper).
+
+    Z ← ¼ Z (13I − AZ(15I − AZ(7I − AZ))), from Z₀ = Aᵀ / (‖A‖₁‖A‖∞), where ‖A‖∞ = 1 for a softmax output.
+
+    Args:
+        a: (..., m, m) matrices whose rows sum to one.
+        iterations: number of updates.
+        init: ``original`` takes ‖A‖₁ as the largest column sum over ALL matrices in ``a`` (as published);
+            ``exact`` takes each matrix's own ‖A‖₁.
+
+    Returns:
+        (..., m, m) approximations of pinv(a).
+    """
+    col_sums = a.sum(dim=-2)  # (..., m)
+    if init == "original":
+        norm1 = col_sums.max()
+    else:
+        norm1 = col_sums.amax(dim=-1)[..., None, None]
+    z = a.transpose(-1, -2) / norm1
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(iterations):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def segment_ids(mask: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Segment of every position: real token number r of c goes to ⌊r·m/c⌋; padding to the extra bin m.
+
+    Args:
+        mask: (B, N) bool, True = real token; every row has at least ``num_segments`` real tokens.
+        num_segments: m.
+
+    Returns:
+        (B, N) int64 in [0, m], every segment 0..m-1 non-empty.
+    """
+    rank = mask.long().cumsum(dim=1) - 1  # (B, N) index among the real tokens
+    count = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    seg = torch.div(rank * num_segments, count, rounding_mode="floor")
+    return torch.where(mask, seg, num_segments)
+
+
+def segment_means(x: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of ``x`` over each segment (the landmarks of eq. 14): (B, H, N, D) → (B, H, m, D)."""
+    b, h, n, d = x.shape
+    index = seg[:, None, :, None].expand(b, h, n, d)
+    sums = x.new_zeros(b, h, num_segments + 1, d).scatter_add(2, index, x)[:, :, :num_segments]
+    sizes = torch.zeros(b, num_segments + 1, dtype=x.dtype, device=x.device)
+    sizes = sizes.scatter_add(1, seg, torch.ones_like(seg, dtype=x.dtype))[:, :num_segments]
+    return sums / sizes[:, None, :, None]
+
+
+def _masked_softmax_attention(q, k, v, key_mask):
+    """softmax(q kᵀ + mask) v for pre-scaled q, k; q: (B, H, L, D), key_mask: (B, L) bool."""
+    scores = q @ k.transpose(-1, -2)  # (B, H, L, L), L ≤ num_landmarks
+    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1) @ v
+
+
+@register
+class NystromAttention(Attention):
+    """Nyströmformer attention over the real tokens; exact softmax for sequences of ≤ m real tokens."""
+
+    name = "nystrom"
+    Settings = NystromSettings
+
+    def __init__(self, settings: NystromSettings, num_heads: int, head_dim: int, dropout: float = 0.0):
+        super().__init__(settings, num_heads, head_dim, dropout)
+        k = settings.conv_kernel_size
+        # The shape of transformers' NystromformerSelfAttention.conv, (H, 1, k, 1), so checkpoints import.
+        self.conv = (
+            nn.Conv2d(num_heads, num_heads, (k, 1), padding=(k // 2, 0), groups=num_heads, bias=False)
+            if k is not None
+            else None
+        )
+
+    @classmethod
+    def benchmark_variants(cls):
+        return {"nystrom": {"num_landmarks": 64, "conv_kernel_size": 65}}
+
+    def forward(self, q, k, v, mask):
+        b, h, n, d = q.shape
+        m = self.settings.num_landmarks
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
+        # Q/d^¼ and K/d^¼: each of the three softmax kernels then sees the usual 1/√d (eq. 15).
+        scale = d**-0.25
+        q, k = q * scale, k * scale
+        v = v * mask[:, None, :, None].to(v.dtype)  # padding values never reach an output
+        counts = mask.sum(dim=1)  # (B,)
+        if n <= m:  # every sequence is short: exact attention costs at most m×m per head
+            out = _masked_softmax_attention(q, k, v, mask)
+        else:
+            long = counts > m
+            if bool(long.all()):
+                out = self._nystrom(q, k, v, mask)
+            elif not bool(long.any()):
+                out = self._exact_compacted(q, k, v, mask)
+            else:
+                out = torch.empty_like(q)
+                out[long] = self._nystrom(q[long], k[long], v[long], mask[long])
+                out[~long] = self._exact_compacted(q[~long], k[~long], v[~long], mask[~long])
+        if self.conv is not None:
+            # Depthwise convolution over the sequence axis, one filter per head: (B, H, N, D) → (B, H, N, D).
+            out = out + self.conv(v)
+        return out
+
+    def _nystrom(self, q, k, v, mask):
+        """The approximation of eq. 15 for sequences that all have more than m real tokens."""
+        m = self.settings.num_landmarks
+        seg = segment_ids(mask, m)  # (B, N)
+        q_land, k_land = segment_means(q, seg, m), segment_means(k, seg, m)  # (B, H, m, D), eq. 14
+        kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, N, m): landmarks are all real
+        kernel_2 = (q_land @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, m, m)
+        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
+        kernel_3 = scores_3.softmax(dim=-1)  # (B, H, m, N): real keys only
+        # The m×m inverse runs in float32 at least: the iteration is fragile in half precision, and cheap.
+        work = torch.promote_types(kernel_2.dtype, torch.float32)
+        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init).to(q.dtype)
+        # Right to left: (m×N)(N×D), then (m×m)(m×D), then (N×m)(m×D); O(n·m·d), never n×n.
+        return kernel_1 @ (z @ (kernel_3 @ v))
+
+    def _exact_compacted(self, q, k, v, mask):
+        """Exact attention for sequences of ≤ m real tokens padded to N > m: gather the real tokens first."""
+        b, h, n, d = q.shape
+        m = self.settings.num_landmarks
+        # A stable sort puts the real positions first, in order: (B, m) positions, valid where < count.
+        pos = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :m]
+        valid = torch.arange(m, device=q.device)[None, :] < mask.sum(dim=1, keepdim=True)
+        index = pos[:, None, :, None].expand(b, h, m, d)
+        res = _masked_softmax_attention(q.gather(2, index), k.gather(2, index), v.gather(2, index), valid)
+        return torch.zeros_like(q).scatter(2, index, res)  # (B, H, N, D); positions are distinct
