@@ -349,10 +349,48 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     directory = resolve(source)
+    spm_files = sorted(directory.glob("*.model"))
     try:
+        if spm_files and not (directory / "tokenizer.json").is_file():
+            return _sentencepiece_tokenizer(directory, source, spm_files[0].name)
         return AutoTokenizer.from_pretrained(directory)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"no usable tokenizer in {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _sentencepiece_tokenizer(directory: Path, source: str, spm_name: str):
+    """A tokenizer shipped only as a SentencePiece model (ALBERT's ``spiece.model``, as Nyströmformer's).
+
+    Converting it needs ``sentencepiece`` and ``protobuf`` (the ``sentencepiece`` extra). transformers'
+    AutoTokenizer maps some model types (nystromformer) to a class that cannot read ``.model`` files, so the
+    class named in ``tokenizer_config.json`` is used directly.
+    """
+    import importlib.util
+
+    missing = [m for m in ("sentencepiece", "google.protobuf") if _find_spec(importlib.util, m) is None]
+    if missing:
+        raise UserError(
+            f"the tokenizer of {source} is a SentencePiece model ({spm_name}); reading it needs "
+            f"{' and '.join(m.split('.')[-1] for m in missing)}: pip install 'longattn[sentencepiece]'"
+        )
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    try:
+        declared = json.loads((directory / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError):
+        declared = None
+    cls = tokenizer_class_from_name(declared) if declared else None
+    return (cls or AutoTokenizer).from_pretrained(directory)
+
+
+def _find_spec(util, name: str):
+    try:
+        return util.find_spec(name)
+    except ModuleNotFoundError:  # the parent package (google) is absent
+        return None
 
 
 def export_roberta(model, out_dir: str | Path) -> None:
