@@ -275,7 +275,12 @@ SEG = 16
 def nys_dir(tmp_path_factory, bpe_dir):
     d = tmp_path_factory.mktemp("nystromformer")
     tiny_reference(
-        "nystromformer", d, tokenizer_dir=bpe_dir, num_landmarks=4, segment_means_seq_len=SEG, conv_kernel_size=3
+        "nystromformer",
+        d,
+        tokenizer_dir=bpe_dir,
+        num_landmarks=4,
+        segment_means_seq_len=SEG,
+        conv_kernel_size=3,
     )
     return d
 
@@ -306,8 +311,14 @@ def test_exact_configuration_matches_reference(tmp_path, bpe_dir):
     from transformers import NystromformerForTokenClassification
 
     ref = tiny_reference(
-        "nystromformer", tmp_path, "ForTokenClassification", tokenizer_dir=bpe_dir,
-        num_landmarks=8, segment_means_seq_len=8, conv_kernel_size=5, num_labels=3,
+        "nystromformer",
+        tmp_path,
+        "ForTokenClassification",
+        tokenizer_dir=bpe_dir,
+        num_landmarks=8,
+        segment_means_seq_len=8,
+        conv_kernel_size=5,
+        num_labels=3,
     )
     assert isinstance(ref, NystromformerForTokenClassification)
     ours = load_model(str(tmp_path))
@@ -365,7 +376,9 @@ def test_fill_mask_scores_equal_reference_pipeline_at_its_length(nys_dir):
 
 def test_conv_kernel_from_config_none_or_even(tmp_path, bpe_dir):
     # transformers 5 refuses conv_kernel_size=None in a config object, older config.json files hold null.
-    tiny_reference("nystromformer", tmp_path, tokenizer_dir=bpe_dir, num_landmarks=4, segment_means_seq_len=16)
+    tiny_reference(
+        "nystromformer", tmp_path, tokenizer_dir=bpe_dir, num_landmarks=4, segment_means_seq_len=16
+    )
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(cfg | {"conv_kernel_size": None}))
     model = load_model(str(tmp_path))
@@ -385,5 +398,7 @@ def test_sentencepiece_tokenizer_without_the_package_is_a_one_line_error(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "nystromformer"}))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AlbertTokenizer"}))
     (tmp_path / "spiece.model").write_bytes(b"\x00")
-    with pytest.raises(UserError, match=r"SentencePiece model \(spiece.model\).*pip install 'longattn\[sentencepiece\]'"):
+    with pytest.raises(
+        UserError, match=r"SentencePiece model \(spiece.model\).*pip install 'longattn\[sentencepiece\]'"
+    ):
         load_tokenizer(str(tmp_path))

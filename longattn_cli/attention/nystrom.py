@@ -181,11 +181,15 @@ class NystromAttention(Attention):
         q_land, k_land = segment_means(q, seg, m), segment_means(k, seg, m)  # (B, H, m, D), eq. 14
         kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, N, m): landmarks are all real
         kernel_2 = (q_land @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, m, m)
-        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
+        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(
+            ~mask[:, None, None, :], torch.finfo(q.dtype).min
+        )
         kernel_3 = scores_3.softmax(dim=-1)  # (B, H, m, N): real keys only
         # The m×m inverse runs in float32 at least: the iteration is fragile in half precision, and cheap.
         work = torch.promote_types(kernel_2.dtype, torch.float32)
-        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init).to(q.dtype)
+        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init).to(
+            q.dtype
+        )
         # Right to left: (m×N)(N×D), then (m×m)(m×D), then (N×m)(m×D); O(n·m·d), never n×n.
         return kernel_1 @ (z @ (kernel_3 @ v))
 
