@@ -119,10 +119,23 @@ def segment_means(x: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torc
     return sums / sizes[:, None, :, None]
 
 
+def landmarks(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, num_segments: int):
+    """Q̃ and K̃ (B, H, m, D): segment means over the real tokens (``mask`` None: all tokens are real)."""
+    b, h, n, d = q.shape
+    if mask is None and n % num_segments == 0:  # equal segments: a reshape, as the published code does
+        shape = (b, h, num_segments, n // num_segments, d)
+        return q.reshape(shape).mean(dim=-2), k.reshape(shape).mean(dim=-2)
+    if mask is None:
+        mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
+    seg = segment_ids(mask, num_segments)  # (B, N)
+    return segment_means(q, seg, num_segments), segment_means(k, seg, num_segments)
+
+
 def _masked_softmax_attention(q, k, v, key_mask):
-    """softmax(q kᵀ + mask) v for pre-scaled q, k; q: (B, H, L, D), key_mask: (B, L) bool."""
+    """softmax(q kᵀ + mask) v for pre-scaled q, k; q: (B, H, L, D), key_mask: (B, L) bool or None."""
     scores = q @ k.transpose(-1, -2)  # (B, H, L, L), L ≤ num_landmarks
-    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
     return scores.softmax(dim=-1) @ v
 
 
@@ -150,17 +163,19 @@ class NystromAttention(Attention):
     def forward(self, q, k, v, mask):
         b, h, n, d = q.shape
         m = self.settings.num_landmarks
-        if mask is None:
-            mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
         # Q/d^¼ and K/d^¼: each of the three softmax kernels then sees the usual 1/√d (eq. 15).
         scale = d**-0.25
         q, k = q * scale, k * scale
-        v = v * mask[:, None, :, None].to(v.dtype)  # padding values never reach an output
-        counts = mask.sum(dim=1)  # (B,)
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing is padded: skip the masking work
+        if mask is not None:
+            v = v * mask[:, None, :, None].to(v.dtype)  # padding values never reach an output or the conv
         if n <= m:  # every sequence is short: exact attention costs at most m×m per head
             out = _masked_softmax_attention(q, k, v, mask)
+        elif mask is None:
+            out = self._nystrom(q, k, v, None)
         else:
-            long = counts > m
+            long = mask.sum(dim=1) > m  # (B,): sequences with more real tokens than landmarks
             if bool(long.all()):
                 out = self._nystrom(q, k, v, mask)
             elif not bool(long.any()):
@@ -176,22 +191,18 @@ class NystromAttention(Attention):
 
     def _nystrom(self, q, k, v, mask):
         """The approximation of eq. 15 for sequences that all have more than m real tokens."""
-        m = self.settings.num_landmarks
-        seg = segment_ids(mask, m)  # (B, N)
-        q_land, k_land = segment_means(q, seg, m), segment_means(k, seg, m)  # (B, H, m, D), eq. 14
+        q_land, k_land = landmarks(q, k, mask, self.settings.num_landmarks)  # (B, H, m, D), eq. 14
         kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, N, m): landmarks are all real
         kernel_2 = (q_land @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, m, m)
-        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(
-            ~mask[:, None, None, :], torch.finfo(q.dtype).min
-        )
-        kernel_3 = scores_3.softmax(dim=-1)  # (B, H, m, N): real keys only
+        scores_3 = q_land @ k.transpose(-1, -2)  # (B, H, m, N)
+        if mask is not None:  # real keys only
+            scores_3 = scores_3.masked_fill(~mask[:, None, None, :], torch.finfo(q.dtype).min)
+        kernel_3 = scores_3.softmax(dim=-1)
         # The m×m inverse runs in float32 at least: the iteration is fragile in half precision, and cheap.
         work = torch.promote_types(kernel_2.dtype, torch.float32)
-        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init).to(
-            q.dtype
-        )
+        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init)
         # Right to left: (m×N)(N×D), then (m×m)(m×D), then (N×m)(m×D); O(n·m·d), never n×n.
-        return kernel_1 @ (z @ (kernel_3 @ v))
+        return kernel_1 @ (z.to(q.dtype) @ (kernel_3 @ v))
 
     def _exact_compacted(self, q, k, v, mask):
         """Exact attention for sequences of ≤ m real tokens padded to N > m: gather the real tokens first."""
