@@ -3,8 +3,9 @@
     out = softmax(Q K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ Kᵀ + mask) · V  +  conv(V · mask)      (eq. 15)
 
 with Q and K each scaled by d^(-1/4) (so every product carries the usual 1/√d), landmarks Q̃, K̃ the means of
-m segments of the sequence ("segment-means", Section 3.3), and pinv the iterative Moore-Penrose approximation
-of Section 3.2. The cost is O(n·m) time and memory: no n×n tensor is ever built on the approximate path.
+m segments of the sequence (the paper's "segment-means"), and pinv the paper's iterative Moore-Penrose
+approximation (the iteration of Razavi et al., 2014, run 6 times). The cost is O(n·m) time and memory: no
+n×n tensor is ever built on the approximate path.
 
 Segments, padding and short inputs (what differs from transformers' implementation):
 
@@ -67,7 +68,7 @@ def _is_int(x) -> bool:
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int = 6, init: str = "original") -> torch.Tensor:
-    """Approximate Moore-Penrose inverse of a batch of row-stochastic matrices (Section 3.2 of the paper).
+    """Approximate Moore-Penrose inverse of a batch of row-stochastic matrices (the paper's iteration).
 
     Z ← ¼ Z (13I − AZ(15I − AZ(7I − AZ))), from Z₀ = Aᵀ / (‖A‖₁‖A‖∞), where ‖A‖∞ = 1 for a softmax output.
 
@@ -110,7 +111,7 @@ def segment_ids(mask: torch.Tensor, num_segments: int) -> torch.Tensor:
 
 
 def segment_means(x: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean of ``x`` over each segment (the landmarks of eq. 14): (B, H, N, D) → (B, H, m, D)."""
+    """Mean of ``x`` over each segment (segment-means landmarks): (B, H, N, D) → (B, H, m, D)."""
     b, h, n, d = x.shape
     index = seg[:, None, :, None].expand(b, h, n, d)
     sums = x.new_zeros(b, h, num_segments + 1, d).scatter_add(2, index, x)[:, :, :num_segments]
@@ -191,7 +192,7 @@ class NystromAttention(Attention):
 
     def _nystrom(self, q, k, v, mask):
         """The approximation of eq. 15 for sequences that all have more than m real tokens."""
-        q_land, k_land = landmarks(q, k, mask, self.settings.num_landmarks)  # (B, H, m, D), eq. 14
+        q_land, k_land = landmarks(q, k, mask, self.settings.num_landmarks)  # (B, H, m, D), segment-means
         kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, N, m): landmarks are all real
         kernel_2 = (q_land @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, m, m)
         scores_3 = q_land @ k.transpose(-1, -2)  # (B, H, m, N)
