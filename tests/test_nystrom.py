@@ -327,6 +327,25 @@ def test_exact_configuration_matches_reference(tmp_path, bpe_dir):
         assert_close(ours(input_ids=x).logits, ref(input_ids=x).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_bare_model_matches_reference(tmp_path, bpe_dir):
+    ref = tiny_reference(
+        "nystromformer",
+        tmp_path,
+        "Model",
+        tokenizer_dir=bpe_dir,
+        num_landmarks=4,
+        segment_means_seq_len=SEG,
+        conv_kernel_size=5,
+    )
+    ours = load_model(str(tmp_path))
+    assert type(ours).__name__ == "LongAttnModel"
+    x = ids(SEG)
+    with torch.no_grad():
+        assert_close(
+            ours(input_ids=x).last_hidden_state, ref(input_ids=x).last_hidden_state, rtol=1e-5, atol=1e-5
+        )
+
+
 def test_imported_model_runs_any_length_with_padding(nys_dir):
     ours = load_model(str(nys_dir))
     a, b = ids(37, b=1, seed=1), ids(23, b=1, seed=2)
