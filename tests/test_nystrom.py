@@ -306,44 +306,30 @@ def test_mlm_logits_match_reference_at_segment_means_seq_len(nys_dir, init):
         assert_close(ours(input_ids=x).logits, ref(input_ids=x).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_exact_configuration_matches_reference(tmp_path, bpe_dir):
-    # num_landmarks == segment_means_seq_len: transformers computes exact softmax; so do we (n ≤ m).
-    from transformers import NystromformerForTokenClassification
-
+@pytest.mark.parametrize(
+    "head,landmarks,seg",
+    [
+        # num_landmarks == segment_means_seq_len: transformers computes exact softmax; so do we (n ≤ m).
+        ("ForTokenClassification", 8, 8),
+        ("Model", 4, SEG),
+    ],
+)
+def test_other_heads_match_reference(tmp_path, bpe_dir, head, landmarks, seg):
     ref = tiny_reference(
         "nystromformer",
         tmp_path,
-        "ForTokenClassification",
+        head,
         tokenizer_dir=bpe_dir,
-        num_landmarks=8,
-        segment_means_seq_len=8,
+        num_landmarks=landmarks,
+        segment_means_seq_len=seg,
         conv_kernel_size=5,
         num_labels=3,
     )
-    assert isinstance(ref, NystromformerForTokenClassification)
     ours = load_model(str(tmp_path))
-    x = ids(8)
-    with torch.no_grad():
-        assert_close(ours(input_ids=x).logits, ref(input_ids=x).logits, rtol=1e-5, atol=1e-5)
-
-
-def test_bare_model_matches_reference(tmp_path, bpe_dir):
-    ref = tiny_reference(
-        "nystromformer",
-        tmp_path,
-        "Model",
-        tokenizer_dir=bpe_dir,
-        num_landmarks=4,
-        segment_means_seq_len=SEG,
-        conv_kernel_size=5,
-    )
-    ours = load_model(str(tmp_path))
-    assert type(ours).__name__ == "LongAttnModel"
-    x = ids(SEG)
-    with torch.no_grad():
-        assert_close(
-            ours(input_ids=x).last_hidden_state, ref(input_ids=x).last_hidden_state, rtol=1e-5, atol=1e-5
-        )
+    assert type(ours).__name__ == {"Model": "LongAttnModel"}.get(head, "LongAttnForTokenClassification")
+    x = ids(seg)
+    with torch.no_grad():  # [0]: logits, or the last hidden state of the bare model
+        assert_close(ours(input_ids=x)[0], ref(input_ids=x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_imported_model_runs_any_length_with_padding(nys_dir):
