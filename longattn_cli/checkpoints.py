@@ -349,15 +349,19 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     directory = resolve(source)
-    spm_files = sorted(directory.glob("*.model"))
+    spm_files = [n for n in _SENTENCEPIECE_FILES if (directory / n).is_file()]
     try:
         if spm_files and not (directory / "tokenizer.json").is_file():
-            return _sentencepiece_tokenizer(directory, source, spm_files[0].name)
+            return _sentencepiece_tokenizer(directory, source, spm_files[0])
         return AutoTokenizer.from_pretrained(directory)
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"no usable tokenizer in {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+# SentencePiece models as tokenizers ship them: ALBERT (and Nyströmformer), XLM-R/CamemBERT, Llama-style.
+_SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def _sentencepiece_tokenizer(directory: Path, source: str, spm_name: str):
@@ -367,9 +371,7 @@ def _sentencepiece_tokenizer(directory: Path, source: str, spm_name: str):
     AutoTokenizer maps some model types (nystromformer) to a class that cannot read ``.model`` files, so the
     class named in ``tokenizer_config.json`` is used directly.
     """
-    import importlib.util
-
-    missing = [m for m in ("sentencepiece", "google.protobuf") if _find_spec(importlib.util, m) is None]
+    missing = [m for m in ("sentencepiece", "google.protobuf") if not _installed(m)]
     if missing:
         raise UserError(
             f"the tokenizer of {source} is a SentencePiece model ({spm_name}); reading it needs "
@@ -386,11 +388,13 @@ def _sentencepiece_tokenizer(directory: Path, source: str, spm_name: str):
     return (cls or AutoTokenizer).from_pretrained(directory)
 
 
-def _find_spec(util, name: str):
+def _installed(module: str) -> bool:
+    import importlib.util
+
     try:
-        return util.find_spec(name)
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # the parent package (google) is absent
-        return None
+        return False
 
 
 def export_roberta(model, out_dir: str | Path) -> None:

@@ -407,3 +407,49 @@ def test_sentencepiece_tokenizer_without_the_package_is_a_one_line_error(tmp_pat
         UserError, match=r"SentencePiece model \(spiece.model\).*pip install 'longattn\[sentencepiece\]'"
     ):
         load_tokenizer(str(tmp_path))
+
+
+def albert_tokenizer(out_dir):
+    """A tiny ALBERT-style SentencePiece tokenizer (spiece.model only, no tokenizer.json)."""
+    import sentencepiece as spm
+
+    from longattn_cli.testing import python_docs_text
+
+    out_dir.mkdir(parents=True)
+    text = out_dir / "text.txt"
+    text.write_text("\n".join(python_docs_text()[:2000]))
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(out_dir / "spiece"), vocab_size=600, model_type="unigram",
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>", unk_piece="<unk>", bos_piece="[CLS]",
+        eos_piece="[SEP]", user_defined_symbols=["[MASK]"], minloglevel=2,
+    )  # fmt: skip
+    for f in ("text.txt", "spiece.vocab"):
+        (out_dir / f).unlink()
+    mask = {"content": "[MASK]", "lstrip": True, "rstrip": False, "normalized": False, "__type": "AddedToken"}
+    config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": True, "mask_token": mask}
+    config |= {"bos_token": "[CLS]", "eos_token": "[SEP]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(config | {"unk_token": "<unk>", "pad_token": "<pad>"})
+    )
+    return out_dir
+
+
+@pytest.mark.skipif(
+    not (importlib.util.find_spec("sentencepiece") and importlib.util.find_spec("google")),
+    reason="needs the sentencepiece extra (sentencepiece, protobuf)",
+)
+def test_albert_sentencepiece_checkpoint_fills_masks(tmp_path):
+    from longattn_cli.fill_mask import predict
+
+    tok_dir = albert_tokenizer(tmp_path / "tok")
+    tiny_reference(
+        "nystromformer", tmp_path / "model", tokenizer_dir=tok_dir, num_landmarks=4, segment_means_seq_len=16,
+        conv_kernel_size=3,
+    )  # fmt: skip
+    assert not (tmp_path / "model" / "tokenizer.json").exists()
+    tok = load_tokenizer(str(tmp_path / "model"))
+    assert type(tok).__name__ == "AlbertTokenizer" and tok.mask_token == "[MASK]"
+    text = "The [MASK] of a class is looked up in its dictionary, then in the dictionaries of its bases."
+    assert len(tok(text)["input_ids"]) > 16
+    out = predict([text], str(tmp_path / "model"), top_k=2)
+    assert len(out[0]["predictions"][0]) == 2
