@@ -53,6 +53,52 @@ def fill_mask_cmd(
     fill_mask.render(results, as_json)
 
 
+data_app = typer.Typer(help="Build datasets: LRA ListOps and byte-level text.", no_args_is_help=True)
+lra_app = typer.Typer(help="Long Range Arena: compare runs with the published accuracies.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(lra_app, name="lra")
+
+
+@data_app.command("listops")
+def data_listops_cmd(
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (jsonl splits + tokenizer/)."),
+    train: int = typer.Option(96_000, help="Training samples."),
+    validation: int = typer.Option(2_000, help="Validation samples."),
+    test: int = typer.Option(2_000, help="Test samples."),
+    min_length: int = typer.Option(500, help="Keep trees with more tokens than this."),
+    max_length: int = typer.Option(2_000, help="Keep trees with fewer tokens than this."),
+    max_depth: int = typer.Option(10, help="Deepest nesting."),
+    max_args: int = typer.Option(10, help="Most arguments of one operator."),
+    seed: int = typer.Option(0, help="Generator seed: the same arguments always give the same data."),
+):
+    """Generate the LRA ListOps task (unique trees, deterministic under --seed)."""
+    from longattn_cli.lra import cli as lra_cli
+
+    lra_cli.listops(out, train, validation, test, min_length, max_length, max_depth, max_args, seed)
+
+
+@data_app.command("text")
+def data_text_cmd(
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (jsonl splits + tokenizer/)."),
+    source: str = typer.Option(None, help="Local aclImdb folder or train/test files; default: the hub's stanfordnlp/imdb."),
+):
+    """Prepare the LRA Text task: IMDB reviews as bytes with a byte-level tokenizer."""
+    from longattn_cli.lra import cli as lra_cli
+
+    lra_cli.text(out, source)
+
+
+@lra_app.command("report")
+def lra_report_cmd(
+    runs: list[str] = typer.Argument(..., help="Output directories of `longattn finetune` LRA runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Test accuracies of LRA runs next to the published ones, with training time and peak memory."""
+    from longattn_cli.lra.report import report
+
+    report(runs, as_json)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     import longattn_cli  # noqa: F401  (registers the model family with transformers)

@@ -44,6 +44,8 @@ class LongAttnConfig(PretrainedConfig):
         attention: name of the attention mechanism (see ``longattn_cli.attention.available()``).
         attention_settings: the mechanism's settings, validated by its ``Settings`` dataclass.
         classifier_dropout: dropout in classification heads (defaults to ``hidden_dropout_prob``).
+        classifier_pooling: what the sequence-classification head reads: ``first`` (the first token, as
+            BERT and RoBERTa) or ``mean`` (the mean over real tokens, as the LRA models).
     """
 
     model_type = "longattn"
@@ -66,6 +68,7 @@ class LongAttnConfig(PretrainedConfig):
         attention: str = "softmax",
         attention_settings: dict[str, Any] | None = None,
         classifier_dropout: float | None = None,
+        classifier_pooling: str = "first",
         pad_token_id: int = 1,
         bos_token_id: int = 0,
         eos_token_id: int = 2,
@@ -89,6 +92,9 @@ class LongAttnConfig(PretrainedConfig):
         # Validate now (unknown mechanism or setting fails here) and store the complete, explicit settings.
         self.attention_settings = make_settings(attention, attention_settings).to_dict()
         self.classifier_dropout = classifier_dropout
+        if classifier_pooling not in ("first", "mean"):
+            raise ValueError(f"classifier_pooling={classifier_pooling!r} is not one of first, mean")
+        self.classifier_pooling = classifier_pooling
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -304,17 +310,29 @@ class LongAttnForMaskedLM(LongAttnPreTrainedModel):
 
 
 class LongAttnClassificationHead(nn.Module):
-    """First-token head: dropout → dense → tanh → dropout → out_proj (RoBERTa's; BERT's pooler maps onto it)."""
+    """Pooled head: dropout → dense → tanh → dropout → out_proj (RoBERTa's; BERT's pooler maps onto it).
+
+    The pooled vector is the first token's, or with ``classifier_pooling="mean"`` the mean over real tokens.
+    """
 
     def __init__(self, config: LongAttnConfig):
         super().__init__()
+        self.pooling = config.classifier_pooling
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(p)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.dense(self.dropout(x[:, 0])))
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "mean":
+            if attention_mask is None:
+                x = x.mean(dim=1)
+            else:
+                w = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, N, 1)
+                x = (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        else:
+            x = x[:, 0]
+        x = torch.tanh(self.dense(self.dropout(x)))
         return self.out_proj(self.dropout(x))
 
 
@@ -345,7 +363,7 @@ class LongAttnForSequenceClassification(LongAttnPreTrainedModel):
         out = self.longattn(
             input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
         )
-        logits = self.classifier(out.last_hidden_state)
+        logits = self.classifier(out.last_hidden_state, attention_mask)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 

@@ -1,0 +1,1 @@
+"""Long Range Arena tasks: ListOps (generated here) and byte-level text classification."""

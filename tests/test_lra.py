@@ -1,0 +1,153 @@
+"""LRA data: the ListOps generator against its specification, byte-level text, and the report."""
+
+import json
+
+import pytest
+
+from longattn_cli.cli import main
+from longattn_cli.errors import UserError
+from longattn_cli.lra import listops, text
+from longattn_cli.lra.report import report
+
+SMALL = listops.ListOpsSpec(train=40, validation=8, test=8, seed=3)
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "tree,value",
+    [
+        (["[MAX", 2, 9, ["[MIN", 4, 7], 0], 9),
+        (["[MIN", 3, ["[MAX", 1, 8], 5], 3),
+        (["[MED", 1, 7, 4], 4),
+        (["[MED", 1, 2, 6, 9], 4),  # integer median of an even count: int((2 + 6) / 2)
+        (["[SM", 9, 8, ["[SM", 5, 5]], 7),
+        (7, 7),
+    ],
+)
+def test_evaluate(tree, value):
+    assert listops.evaluate(tree) == value
+
+
+def test_generator_is_deterministic_and_follows_the_spec():
+    a = list(listops.generate(SMALL))
+    b = list(listops.generate(SMALL))
+    assert a == b
+    other = list(listops.generate(listops.ListOpsSpec(train=40, validation=8, test=8, seed=4)))
+    assert [r["text"] for _, r in a] != [r["text"] for _, r in other]
+    counts = {s: sum(1 for split, _ in a if split == s) for s in ("train", "validation", "test")}
+    assert counts == {"train": 40, "validation": 8, "test": 8}
+    texts = [r["text"] for _, r in a]
+    assert len(set(texts)) == len(texts), "trees are unique across all splits"
+    vocab = set(listops.VOCAB)
+    for _, r in a:
+        toks = r["text"].split()
+        assert SMALL.min_length < len(toks) == r["length"] < SMALL.max_length
+        assert set(toks) <= vocab
+        assert toks.count("]") == sum(t.startswith("[") and t != "]" for t in toks)
+        assert toks[0] in listops.OPERATORS
+        assert 0 <= r["label"] <= 9
+    assert len({r["label"] for _, r in a}) >= 5
+
+
+def test_depth_and_arguments_stay_within_bounds():
+    spec = listops.ListOpsSpec(train=30, validation=0, test=0, min_length=20, max_length=400, max_depth=3, max_args=4, seed=1)
+    for _, r in listops.generate(spec):
+        depth = deepest = 0
+        args = [0]
+        for tok in r["text"].split():
+            if tok == "]":
+                assert 2 <= args.pop() <= 4
+                depth -= 1
+                continue
+            args[-1] += 1
+            if tok in listops.OPERATORS:
+                depth += 1
+                deepest = max(deepest, depth)
+                args.append(0)
+        assert deepest <= 3
+
+
+def test_dataset_and_tokenizer_round_trip(tmp_path):
+    out = listops.write(SMALL, tmp_path / "lo")
+    import datasets
+    from transformers import AutoTokenizer
+
+    data = datasets.load_dataset("json", data_files={s: str(out / f"{s}.jsonl") for s in ("train", "test")})
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    row = data["train"][0]
+    ids = tok(row["text"])["input_ids"]
+    assert ids[0] == tok.cls_token_id and len(ids) == row["length"] + 1
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids[1:]) == row["text"]
+    built = listops.build_dataset(SMALL)
+    assert built["train"].features["label"].num_classes == 10
+
+
+def test_listops_cli_and_bad_values(tmp_path, capsys):
+    code, out, err = run(["data", "listops", "--out", str(tmp_path / "a"), "--train", "6", "--validation", "2", "--test", "2", "--seed", "5"], capsys)
+    assert code == 0, err
+    lines = (tmp_path / "a" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and {"text", "label", "length"} <= set(json.loads(lines[0]))
+    code, _, err = run(["data", "listops", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "not an empty directory" in err
+    code, _, err = run(["data", "listops", "--out", str(tmp_path / "b"), "--min-length", "5000"], capsys)
+    assert code == 2 and "min_length=5000" in err and len(err.strip().splitlines()) == 1
+
+
+def test_byte_tokenizer_is_lossless():
+    tok = text.build_tokenizer()
+    s = "Ünïcode and plain text, 4k bytes max!"
+    ids = tok(s)["input_ids"]
+    assert len(ids) == len(s.encode()) + 1 and ids[0] == tok.cls_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == s
+    assert len(tok) == 256 + 5
+
+
+def test_text_from_aclimdb_folder_and_files(tmp_path):
+    root = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for sub, n in (("pos", 3), ("neg", 2)):
+            d = root / split / sub
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i}_7.txt").write_text(f"{sub} review {i} of {split}")
+    data = text.load(str(root))
+    assert data["train"].num_rows == 5 and sorted(data["train"]["label"]) == [0, 0, 1, 1, 1]
+    assert data["validation"]["text"] == data["test"]["text"]
+    files = tmp_path / "files"
+    files.mkdir()
+    for split in ("train", "test"):
+        (files / f"{split}.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n')
+    assert text.load(str(files))["test"].num_rows == 2
+    with pytest.raises(UserError, match="no train file"):
+        text.load(str(tmp_path))
+
+
+def test_text_offline_hub_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run(["data", "text", "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and "unreachable" in err and "--source" in err
+
+
+def test_report_puts_runs_next_to_published(tmp_path, capsys):
+    runs = []
+    for mech, acc in (("softmax", 0.365), ("nystrom", 0.371), ("yoso", 0.36)):
+        d = tmp_path / f"listops-{mech}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"task": "listops", "attention": mech, "test_metrics": {"accuracy": acc}, "train_time_s": 600, "peak_memory_mb": 812.5, "steps": 5000}))
+        runs.append(str(d))
+    rows = report(runs)
+    by = {r["attention"]: r for r in rows}
+    assert by["softmax"]["accuracy"] == pytest.approx(36.5) and by["softmax"]["published"] == pytest.approx(37.10)
+    assert by["nystrom"]["published"] == pytest.approx(37.15)
+    out = capsys.readouterr().out
+    assert "+0.00" not in out and "-0.60" in out and "Nyströmformer" in out
+    code, _, err = run(["lra", "report", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "no summary.json" in err
