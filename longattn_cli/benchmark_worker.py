@@ -64,8 +64,10 @@ def serve(threads: int | None, memory_limit: int | None) -> None:
 class Worker:
     """The parent's handle on one child process, restarted after a point kills it."""
 
-    def __init__(self, threads: int | None = None, memory_limit: int | None = None):
-        self.threads, self.memory_limit = threads, memory_limit
+    def __init__(
+        self, threads: int | None = None, memory_limit: int | None = None, grace: float = START_GRACE_S
+    ):
+        self.threads, self.memory_limit, self.grace = threads, memory_limit, grace
         self.proc: subprocess.Popen | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
 
@@ -90,9 +92,10 @@ class Worker:
             lines.put(line)
         lines.put(None)
 
-    def _read(self, deadline: float) -> dict[str, Any] | None:
+    def _read(self, deadline: float | None) -> dict[str, Any] | None:
+        """The child's next answer; None when it ends, or stays silent past ``deadline`` (monotonic seconds)."""
         try:
-            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            line = self.lines.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
         except queue.Empty:
             return None
         return None if line is None else json.loads(line)
@@ -101,19 +104,19 @@ class Worker:
         """Run ``spec`` in the child; a hung child is killed (``timeout``), a dead one reported."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-            if self._read(time.monotonic() + START_GRACE_S) is None:
+            if self._read(time.monotonic() + max(self.grace, START_GRACE_S)) is None:
                 return self._died("the benchmark worker did not start")
         self.proc.stdin.write(json.dumps(spec) + "\n")
         self.proc.stdin.flush()
         budget = spec.get("time_budget") or 0.0
-        wait = (budget * 1.5 + START_GRACE_S) if budget else None
-        deadline = time.monotonic() + wait if wait else float("inf")
+        wait = (budget * 1.5 + self.grace) if budget else None
+        deadline = time.monotonic() + wait if wait else None
         result = self._read(deadline)
         if result is not None:
             return result
         if self.proc.poll() is None:  # still running past the budget: kill it
             self.close()
-            return {"status": TIMEOUT, "message": f"killed after {wait:.0f} s (budget {budget:g} s)"}
+            return {"status": TIMEOUT, "message": f"killed after {wait:.3g} s (budget {budget:g} s)"}
         return self._died("the benchmark worker died")
 
     def _died(self, what: str) -> dict[str, Any]:

@@ -144,9 +144,9 @@ def test_model_scope(tmp_path, capsys):
     assert data["options"]["shape"]["num_layers"] == 1 and "model · forward+backward" in out
 
 
-def test_model_checkpoint_and_its_position_limit(tmp_path, capsys, bpe_dir):
+def test_model_checkpoint_and_its_position_limit(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
-    tiny_reference("roberta", ckpt, tokenizer_dir=bpe_dir)  # 128 positions
+    tiny_reference("roberta", ckpt, vocab_size=100)  # 128 positions; no tokenizer needed
     data, _ = sweep(tmp_path, capsys, "--scope", "model", "--model", str(ckpt), "--lengths", "128", "--mode", "train",
                     "--attention", "softmax-sdpa", "--reference", "--no-isolate")  # fmt: skip
     assert [p["status"] for p in data["points"]] == ["ok", "ok"]
@@ -164,6 +164,7 @@ def test_time_budget_marks_timeout_then_skips_longer_lengths(tmp_path, capsys):
     assert "budget" in data["points"][0]["message"] and "timeout" in out
 
 
+@pytest.mark.slow  # a second child process start; the worker test above covers OOM itself
 def test_out_of_memory_in_the_child_process_is_reported_and_skips_longer_lengths(tmp_path, capsys):
     # A real allocation failure in the measuring child process (the default): it may allocate 64 MiB, the
     # n=4096 score matrix alone needs 128 MiB. The first point runs in the same child and succeeds.
@@ -171,6 +172,26 @@ def test_out_of_memory_in_the_child_process_is_reported_and_skips_longer_lengths
                       "--memory-limit", "0.0625")  # fmt: skip
     assert [p["status"] for p in data["points"]] == ["ok", "OOM", "skipped"]
     assert "allocate" in data["points"][1]["message"]
+
+
+def test_worker_kills_an_overrun_restarts_and_reports_oom():
+    """The child process: a point past its budget is killed, the next point gets a fresh child, and an
+    allocation above the child's memory cap is a real out-of-memory failure reported as OOM."""
+    from longattn_cli.benchmark_worker import Worker
+
+    spec = dict(scope="layer", mode="forward", n=32, batch=1, device="cpu", dtype="float32", warmup=1, repeats=1,
+                shape=dict(vocab_size=100, hidden_size=16, num_heads=2, num_layers=1, intermediate_size=32),
+                candidate=dict(kind="ours", label="e", mechanism="softmax", settings={"implementation": "eager"}))  # fmt: skip
+    worker = Worker(memory_limit=64 * 2**20, grace=0.0)  # no allowance for building: the first point overruns
+    try:
+        killed = worker.measure(dict(spec, time_budget=1e-3))
+        assert killed["status"] == "timeout" and "killed after" in killed["message"]
+        assert worker.proc is None
+        assert worker.measure(dict(spec, time_budget=None))["status"] == "ok"
+        oom = worker.measure(dict(spec, n=4096, time_budget=None))  # (1, 2, 4096, 4096) fp32 scores: 128 MiB
+        assert oom["status"] == "OOM" and "allocate" in oom["message"]
+    finally:
+        worker.close()
 
 
 def test_cpu_peak_memory_counts_the_score_matrix():
