@@ -215,6 +215,7 @@ class BenchmarkOptions:
     threads: int | None = None
     warmup: int = 1
     repeats: int = 5
+    min_time: float = 1.0
     time_budget: float | None = 120.0
     memory_limit_gb: float | None = None
     isolate: bool = True
@@ -234,6 +235,8 @@ class BenchmarkOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.warmup < 0:
             raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.min_time < 0:
+            raise UserError(f"--min-time must be 0 or more seconds, got {self.min_time:g}")
         if self.time_budget is not None and self.time_budget < 0:
             raise UserError(f"--time-budget must be 0 (none) or more seconds, got {self.time_budget:g}")
         if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:
@@ -346,6 +349,7 @@ def plan(
                     device=device,
                     warmup=opts.warmup,
                     repeats=opts.repeats,
+                    min_time=opts.min_time,
                     time_budget=opts.time_budget or None,
                     seed=opts.seed,
                 )

@@ -190,19 +190,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MAX_REPEATS = 200  # cap on the extra steps that ``min_time`` asks for
+
+
 def time_steps(
-    prepare: Callable, step: Callable, device: torch.device, warmup: int, repeats: int, budget: float | None
+    prepare: Callable,
+    step: Callable,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    budget: float | None,
+    min_time: float = 0.0,
 ) -> tuple[list[float], float | None]:
-    """Per-step seconds of ``repeats`` steps after ``warmup`` untimed ones.
+    """Per-step seconds of at least ``repeats`` steps after ``warmup`` untimed ones.
+
+    Short steps are repeated further (up to :data:`MAX_REPEATS`) until the timed steps add up to ``min_time``
+    seconds, so that the median of a fast point is not one scheduler hiccup away from a wrong figure.
 
     Returns:
-        (times, over): ``over`` is the projected total seconds when finishing (plus the memory step) would
-        exceed ``budget``, in which case measuring stops early; else None.
+        (times, over): ``over`` is the projected total seconds when finishing the required steps (plus the
+        memory step) would exceed ``budget``, in which case measuring stops early; else None.
     """
     times: list[float] = []
-    total = warmup + repeats
     spent = 0.0
-    for i in range(total):
+    i = 0
+    while True:
         prepare()
         _sync(device)
         t0 = time.perf_counter()
@@ -212,10 +224,18 @@ def time_steps(
         spent += dt
         if i >= warmup:
             times.append(dt)
-        projected = spent + dt * (total - i)  # the steps left, and the memory step
+        i += 1
+        required = max(warmup + repeats - i, 0)
+        projected = spent + dt * (required + 1)  # the required steps left, and the memory step
         if budget and projected > budget:
             return times, projected
-    return times, None
+        if required:
+            continue
+        extra = (
+            sum(times) < min_time and len(times) < MAX_REPEATS and not (budget and projected + dt > budget)
+        )
+        if not extra:
+            return times, None
 
 
 def peak_memory(prepare: Callable, step: Callable, device: torch.device) -> tuple[int | None, str]:
@@ -309,7 +329,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         module, run = build(spec)
         prepare, step = make_step(module, run, spec["mode"])
         times, over = time_steps(
-            prepare, step, device, spec["warmup"], spec["repeats"], spec.get("time_budget")
+            prepare,
+            step,
+            device,
+            spec["warmup"],
+            spec["repeats"],
+            spec.get("time_budget"),
+            spec.get("min_time", 0.0),
         )
         if over is not None:
             return {

@@ -71,7 +71,8 @@ def benchmark_cmd(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     threads: int = typer.Option(None, help="CPU threads for torch [default: torch's]."),
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
-    repeats: int = typer.Option(5, help="Timed steps per point (median and quartiles reported)."),
+    repeats: int = typer.Option(5, help="Timed steps per point, at least (median and quartiles reported)."),
+    min_time: float = typer.Option(1.0, help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps)."),
     time_budget: float = typer.Option(120.0, help="Seconds a point may take (0: no limit); longer lengths of a mechanism that runs over are skipped."),
     memory_limit: float = typer.Option(None, help="GB a point may allocate on CPU before it counts as OOM [default: 90% of free memory]."),
     isolate: bool = typer.Option(True, help="Measure in a child process that an OOM or overrun cannot take down (--no-isolate: in this one)."),
@@ -88,7 +89,7 @@ def benchmark_cmd(
         scope=scope, mode=mode, lengths=benchmark.parse_lengths(lengths), attention=attention,
         settings=parse_overrides(settings), reference=reference, batch=batch, heads=heads, head_dim=head_dim,
         layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, threads=threads,
-        warmup=warmup, repeats=repeats, time_budget=time_budget or None, memory_limit_gb=memory_limit,
+        warmup=warmup, repeats=repeats, min_time=min_time, time_budget=time_budget or None, memory_limit_gb=memory_limit,
         isolate=isolate, seed=seed,
     )  # fmt: skip
     benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)

@@ -16,20 +16,8 @@ from longattn_cli.benchmark_point import measure
 from longattn_cli.cli import main
 from longattn_cli.testing import tiny_reference
 
-TINY = [
-    "--model-size",
-    "tiny",
-    "--heads",
-    "2",
-    "--head-dim",
-    "8",
-    "--warmup",
-    "1",
-    "--repeats",
-    "1",
-    "--device",
-    "cpu",
-]
+# Tiny shapes, one warm-up and one timed step: these tests check what is measured and reported, not speed.
+TINY = "--model-size tiny --heads 2 --head-dim 8 --warmup 1 --repeats 1 --min-time 0 --device cpu".split()
 
 
 def run(argv, capsys):
@@ -174,22 +162,39 @@ def test_out_of_memory_in_the_child_process_is_reported_and_skips_longer_lengths
     assert "allocate" in data["points"][1]["message"]
 
 
-def test_worker_kills_an_overrun_restarts_and_reports_oom():
-    """The child process: a point past its budget is killed, the next point gets a fresh child, and an
-    allocation above the child's memory cap is a real out-of-memory failure reported as OOM."""
+WORKER_SPEC = dict(scope="layer", mode="forward", n=32, batch=1, device="cpu", dtype="float32", warmup=1, repeats=1,
+                   shape=dict(vocab_size=100, hidden_size=16, num_heads=2, num_layers=1, intermediate_size=32),
+                   candidate=dict(kind="ours", label="e", mechanism="softmax", settings={"implementation": "eager"}))  # fmt: skip
+
+
+def test_worker_reports_oom_and_kills_an_overrun():
+    """The child process: an allocation above its memory cap is a real out-of-memory failure reported as OOM,
+    and a point past its budget (here: no allowance for building the module) is killed."""
     from longattn_cli.benchmark_worker import Worker
 
-    spec = dict(scope="layer", mode="forward", n=32, batch=1, device="cpu", dtype="float32", warmup=1, repeats=1,
-                shape=dict(vocab_size=100, hidden_size=16, num_heads=2, num_layers=1, intermediate_size=32),
-                candidate=dict(kind="ours", label="e", mechanism="softmax", settings={"implementation": "eager"}))  # fmt: skip
-    worker = Worker(memory_limit=64 * 2**20, grace=0.0)  # no allowance for building: the first point overruns
+    worker = Worker(memory_limit=64 * 2**20, grace=0.0)
     try:
-        killed = worker.measure(dict(spec, time_budget=1e-3))
+        assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"
+        oom = worker.measure(
+            dict(WORKER_SPEC, n=4096, time_budget=None)
+        )  # (1, 2, 4096, 4096) fp32 scores: 128 MiB
+        assert oom["status"] == "OOM" and "allocate" in oom["message"]
+        assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"  # the same child goes on
+        killed = worker.measure(dict(WORKER_SPEC, time_budget=1e-3))
         assert killed["status"] == "timeout" and "killed after" in killed["message"]
         assert worker.proc is None
-        assert worker.measure(dict(spec, time_budget=None))["status"] == "ok"
-        oom = worker.measure(dict(spec, n=4096, time_budget=None))  # (1, 2, 4096, 4096) fp32 scores: 128 MiB
-        assert oom["status"] == "OOM" and "allocate" in oom["message"]
+    finally:
+        worker.close()
+
+
+@pytest.mark.slow  # a second child process start
+def test_worker_restarts_after_a_kill():
+    from longattn_cli.benchmark_worker import Worker
+
+    worker = Worker(grace=0.0)
+    try:
+        assert worker.measure(dict(WORKER_SPEC, time_budget=1e-3))["status"] == "timeout"
+        assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"
     finally:
         worker.close()
 
