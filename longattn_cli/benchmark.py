@@ -216,6 +216,7 @@ class BenchmarkOptions:
     warmup: int = 1
     repeats: int = 5
     min_time: float = 1.0
+    dropout: float = 0.1
     time_budget: float | None = 120.0
     memory_limit_gb: float | None = None
     isolate: bool = True
@@ -235,6 +236,8 @@ class BenchmarkOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.warmup < 0:
             raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout:g}")
         if self.min_time < 0:
             raise UserError(f"--min-time must be 0 or more seconds, got {self.min_time:g}")
         if self.time_budget is not None and self.time_budget < 0:
@@ -350,6 +353,7 @@ def plan(
                     warmup=opts.warmup,
                     repeats=opts.repeats,
                     min_time=opts.min_time,
+                    dropout=opts.dropout,
                     time_budget=opts.time_budget or None,
                     seed=opts.seed,
                 )

@@ -9,7 +9,8 @@ What is measured:
     * ``layer`` scope: the attention sublayer as transformers' ``*Attention`` modules define it: q/k/v
       projections, the mechanism, output projection, residual and LayerNorm (no feed-forward block).
     * ``model`` scope: the whole bare encoder (embeddings and every layer; no task head).
-    * ``forward`` mode: eval mode under ``torch.no_grad()``. ``train`` mode: train mode (dropout on),
+    * ``forward`` mode: eval mode under ``torch.no_grad()``. ``train`` mode: train mode (dropout ``dropout``,
+      0.1 by default as in BERT and RoBERTa pretraining, on hidden states and attention probabilities),
       forward then ``backward()`` of the mean output; gradients are cleared before each step, untimed, and no
       optimizer step is taken.
 
@@ -63,7 +64,13 @@ def _our_config(spec: dict[str, Any], layers: int) -> LongAttnConfig:
         position_offset=2,
         attention=cand["mechanism"],
         attention_settings=cand["settings"],
+        **_dropouts(spec),
     )
+
+
+def _dropouts(spec: dict[str, Any]) -> dict[str, float]:
+    p = spec.get("dropout", 0.1)
+    return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
 
 
 def _build_ours(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
@@ -78,7 +85,11 @@ def _build_ours(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         from longattn_cli.checkpoints import load_model
 
         module = load_model(
-            spec["model_dir"], head="base", attention=cand["mechanism"], attention_settings=cand["settings"]
+            spec["model_dir"],
+            head="base",
+            attention=cand["mechanism"],
+            attention_settings=cand["settings"],
+            **_dropouts(spec),
         )
     else:
         module = LongAttnModel(_our_config(spec, spec["shape"]["num_layers"]))
@@ -105,6 +116,7 @@ def _build_reference(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         num_attention_heads=shape["num_heads"],
         intermediate_size=shape["intermediate_size"],
         max_position_embeddings=n + 2,
+        **_dropouts(spec),
     )
     kwargs.update(cand["config"])
     config = getattr(transformers, f"{family}Config")(**kwargs)

@@ -69,6 +69,7 @@ def benchmark_cmd(
     model: str = typer.Option(None, "--model", "-m", help="Measure this checkpoint's shape and weights (directory or hub id) instead of a preset."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dropout: float = typer.Option(0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."),
     threads: int = typer.Option(None, help="CPU threads for torch [default: torch's]."),
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
     repeats: int = typer.Option(5, help="Timed steps per point, at least (median and quartiles reported)."),
@@ -88,7 +89,7 @@ def benchmark_cmd(
     opts = benchmark.BenchmarkOptions(
         scope=scope, mode=mode, lengths=benchmark.parse_lengths(lengths), attention=attention,
         settings=parse_overrides(settings), reference=reference, batch=batch, heads=heads, head_dim=head_dim,
-        layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, threads=threads,
+        layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, dropout=dropout, threads=threads,
         warmup=warmup, repeats=repeats, min_time=min_time, time_budget=time_budget or None, memory_limit_gb=memory_limit,
         isolate=isolate, seed=seed,
     )  # fmt: skip

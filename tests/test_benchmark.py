@@ -252,6 +252,12 @@ def test_reference_pairing_takes_our_settings():
     assert [c.label for c in sdpa_only] == ["hf-roberta-sdpa"]
 
 
+def test_train_mode_without_dropout(tmp_path, capsys):
+    data, _ = sweep(tmp_path, capsys, "--lengths", "32", "--mode", "train", "--attention", "softmax-sdpa",
+                    "--reference", "--dropout", "0", "--no-isolate")  # fmt: skip
+    assert [p["status"] for p in data["points"]] == ["ok", "ok"] and data["options"]["dropout"] == 0
+
+
 def test_set_overrides_the_selected_mechanism(tmp_path, capsys):
     data, _ = sweep(tmp_path, capsys, "--lengths", "32", "--mode", "forward", "--attention", "softmax-sdpa",
                     "--set", "implementation=eager", "--no-isolate")  # fmt: skip
@@ -305,6 +311,8 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
         (["--set", "implementation=flash"], r"implementation='flash' is not one of sdpa, eager"),
         (["--repeats", "0"], r"--repeats must be at least 1"),
         (["--batch", "0"], r"--batch must be at least 1"),
+        (["--dropout", "1.5"], r"--dropout must be in \[0, 1\), got 1.5"),
+        (["--min-time", "-1"], r"--min-time must be 0 or more seconds"),
         (["--model", "/nonexistent/dir", "--scope", "model"], r"does not exist"),
     ],
 )
