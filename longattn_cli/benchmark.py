@@ -424,56 +424,58 @@ def run(
         "points": [],
     }
     runner = _runner(opts, device)
-    stopped: dict[tuple[str, str], str] = {}  # (label, mode) → status that ended its sweep
-    specs = list(plan(opts, candidates, shape, model_dir, device))
+    interrupted = False
     try:
-        with report.LiveTable(result, len(specs)) as live:
-            for cand, spec in specs:
-                point = _point_record(spec)
-                live.start(point)
-                why = (
-                    cand.reference.unavailable(cand.settings, spec["n"], device.split(":")[0])
-                    if cand.reference
-                    else None
-                )
-                if why:
-                    point.update(status=UNAVAILABLE, message=why)
-                elif (cand.label, spec["mode"]) in stopped:
-                    point.update(
-                        status=SKIPPED, message=f"{stopped[cand.label, spec['mode']]} at a shorter length"
-                    )
-                else:
-                    point.update(runner(spec))
-                    if point["status"] in (TIMEOUT, OOM):
-                        stopped[cand.label, spec["mode"]] = point["status"]
-                result["points"].append(point)
-                compute_ratios(result["points"])
-                live.finish(point)
+        _sweep(result, list(plan(opts, candidates, shape, model_dir, device)), runner, device)
+    except KeyboardInterrupt:  # keep what was measured: the files are written, then the CLI exits 130
+        interrupted = result["interrupted"] = True
     finally:
-        close = getattr(runner, "close", None)
-        if close:
-            close()
+        runner.close()
     if json_path:
         report.write_json(result, json_path)
     if csv_path:
         report.write_csv(result, csv_path)
     if plot_path:
         report.plot(result, plot_path)
+    if interrupted:
+        raise KeyboardInterrupt
     return result
+
+
+def _sweep(result: dict[str, Any], specs: list, runner, device: str) -> None:
+    """Measure every point in order, appending to ``result["points"]``, with the live table."""
+    from longattn_cli import benchmark_report as report
+
+    stopped: dict[tuple[str, str], str] = {}  # (label, mode) → the status that ended its sweep
+    with report.LiveTable(result, len(specs)) as live:
+        for cand, spec in specs:
+            point = _point_record(spec)
+            live.start(point)
+            key = (cand.label, spec["mode"])
+            why = (
+                cand.reference.unavailable(cand.settings, spec["n"], device.split(":")[0])
+                if cand.reference
+                else None
+            )
+            if why:
+                point.update(status=UNAVAILABLE, message=why)
+            elif key in stopped:
+                point.update(status=SKIPPED, message=f"{stopped[key]} at a shorter length")
+            else:
+                point.update(runner.measure(spec))
+                if point["status"] in (TIMEOUT, OOM):
+                    stopped[key] = point["status"]
+            result["points"].append(point)
+            compute_ratios(result["points"])
+            live.finish(point)
 
 
 def _runner(opts: BenchmarkOptions, device: str):
     """Measure in a child process (default) or in this one (``--no-isolate``: faster start, no hard kill)."""
+    from longattn_cli.benchmark_worker import InProcess, Worker
+
     if not opts.isolate:
-        from longattn_cli.benchmark_point import measure
-
-        if opts.threads:
-            import torch
-
-            torch.set_num_threads(opts.threads)
-        return measure
-    from longattn_cli.benchmark_worker import Worker
-
+        return InProcess(opts.threads)
     limit = None
     if device == "cpu":
         avail = _available_memory()
@@ -482,16 +484,7 @@ def _runner(opts: BenchmarkOptions, device: str):
             if opts.memory_limit_gb
             else (int(avail * 0.9) if avail else None)
         )
-    worker = Worker(opts.threads, limit)
-
-    class _Run:
-        def __call__(self, spec):
-            return worker.measure(spec)
-
-        def close(self):
-            worker.close()
-
-    return _Run()
+    return Worker(opts.threads, limit)
 
 
 def _point_record(spec: dict[str, Any]) -> dict[str, Any]:

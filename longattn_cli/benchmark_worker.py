@@ -61,6 +61,24 @@ def serve(threads: int | None, memory_limit: int | None) -> None:
         out.flush()
 
 
+class InProcess:
+    """Points measured in this process (``--no-isolate``): no start-up cost, but no memory cap and no hard kill."""
+
+    def __init__(self, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        from longattn_cli.benchmark_point import measure
+
+        return measure(spec)
+
+    def close(self) -> None:
+        pass
+
+
 class Worker:
     """The parent's handle on one child process, restarted after a point kills it."""
 

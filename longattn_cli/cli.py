@@ -93,7 +93,12 @@ def benchmark_cmd(
         warmup=warmup, repeats=repeats, min_time=min_time, time_budget=time_budget or None, memory_limit_gb=memory_limit,
         isolate=isolate, seed=seed,
     )  # fmt: skip
-    benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
+    try:
+        benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
+    except KeyboardInterrupt:
+        written = ", ".join(p for p in (json_path, csv_path, plot_path) if p)
+        print(f"interrupted{'; partial results in ' + written if written else ''}", file=sys.stderr)
+        sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -239,6 +239,27 @@ def test_train_mode_without_dropout(tmp_path, capsys):
     assert [p["status"] for p in data["points"]] == ["ok", "ok"] and data["options"]["dropout"] == 0
 
 
+def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second point: the first is in the files, and the exit code is 130."""
+    from longattn_cli import benchmark_point
+
+    calls = []
+
+    def measure_then_interrupt(spec):
+        calls.append(spec)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(spec)
+
+    monkeypatch.setattr(benchmark_point, "measure", measure_then_interrupt)
+    out_json = tmp_path / "b.json"
+    args = "--lengths 32,64 --mode forward --attention softmax-sdpa --no-isolate".split()
+    code, _, err = run(["benchmark", *TINY, *args, "--json", str(out_json)], capsys)
+    assert code == 130 and "interrupted; partial results in" in err
+    data = json.loads(out_json.read_text())
+    assert data["interrupted"] is True and [p["status"] for p in data["points"]] == ["ok"]
+
+
 def test_set_overrides_the_selected_mechanism(tmp_path, capsys):
     data, _ = sweep(
         tmp_path,
