@@ -13,6 +13,11 @@ except ImportError:  # pragma: no cover - older typer
 
 from longattn_cli.errors import UserError
 
+# typer's own copy of click has neither Abort nor Exit; an `except` naming a missing one would raise
+# AttributeError on every exception that reaches it (Ctrl-C, sys.exit) instead of handling it.
+_ABORT = tuple(getattr(click_errors, n) for n in ("Abort",) if hasattr(click_errors, n))
+_EXIT = tuple(getattr(click_errors, n) for n in ("Exit",) if hasattr(click_errors, n))
+
 app = typer.Typer(
     name="longattn",
     help="Pretrain, convert, fine-tune, benchmark and query encoders with efficient long-sequence attention.",
@@ -120,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(where + exc.format_message())
     except click_errors.ClickException as exc:
         _fail(exc.format_message())
-    except click_errors.Abort:
+    except (KeyboardInterrupt, *_ABORT):
         _fail("aborted", code=130)
-    except click_errors.Exit as exc:
+    except _EXIT as exc:
         sys.exit(exc.exit_code)
 
 
