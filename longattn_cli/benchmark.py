@@ -77,10 +77,14 @@ REFERENCES: dict[str, list[Reference]] = {
         Reference("hf-yoso-lsh", "Yoso", lambda s, n: {"use_expectation": False}, _yoso_lsh_unavailable),
     ],
     # Its input length must equal segment_means_seq_len, so that is set to each measured length; where
-    # num_landmarks equals the length it computes exact softmax attention instead.
+    # num_landmarks equals the length it computes exact softmax attention instead. Its pseudo-inverse starts
+    # as published (inv_coeff_init_option=True raises there).
     "nystrom": [
         Reference(
-            "hf-nystrom", "Nystromformer", lambda s, n: {"segment_means_seq_len": n}, _nystrom_unavailable
+            "hf-nystrom",
+            "Nystromformer",
+            lambda s, n: {"segment_means_seq_len": n, "inv_coeff_init_option": False},
+            _nystrom_unavailable,
         )
     ],
 }

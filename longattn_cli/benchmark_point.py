@@ -264,18 +264,20 @@ def peak_memory(prepare: Callable, step: Callable, device: torch.device) -> tupl
 
 
 def _cpu_peak(step: Callable) -> int | None:
-    """Peak of the running sum of the CPU allocator's allocations and frees during ``step``."""
+    """Peak of the running sum of the CPU allocator's allocations and frees during ``step`` (None when the
+    profiler cannot record them, e.g. while another profiler is active)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    results = getattr(prof.profiler, "kineto_results", None)
-    if results is None:  # pragma: no cover - a torch without kineto results
+    try:
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except (RuntimeError, AttributeError):
         return None
-    events = [e for e in results.events() if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    events = [e for e in events if str(e.device_type()).endswith("CPU")]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
-    for e in events:
+    for e in events:  # nbytes is positive for an allocation, negative for a free
         live += e.nbytes()
         peak = max(peak, live)
     return peak

@@ -218,6 +218,7 @@ def test_reference_pairing_takes_our_settings():
         "num_landmarks": 16,
         "conv_kernel_size": 65,
         "segment_means_seq_len": 1024,
+        "inv_coeff_init_option": False,
     }
     assert "CUDA kernel" in refs["hf-yoso-lsh"].reference.unavailable({}, 1024, "cpu")
     assert "multiple of num_landmarks=16" in refs["hf-nystrom"].reference.unavailable(
