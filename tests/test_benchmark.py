@@ -261,6 +261,35 @@ def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
     assert data["interrupted"] is True and [p["status"] for p in data["points"]] == ["ok"]
 
 
+def test_a_new_mechanism_is_measured_with_nothing_to_change(tmp_path, capsys, monkeypatch):
+    """Any registered mechanism's variants are candidates; --set reaches them; no reference is invented."""
+    import dataclasses
+
+    from longattn_cli.attention import base
+
+    @dataclasses.dataclass
+    class ToySettings(base.AttentionSettings):
+        scale: float = 1.0
+
+    class Toy(base.Attention):  # mean of the values, scaled: linear, and nothing like any real mechanism
+        name, Settings = "toy", ToySettings
+
+        @classmethod
+        def benchmark_variants(cls):
+            return {"toy-a": {"scale": 1.0}, "toy-b": {"scale": 2.0}}
+
+        def forward(self, q, k, v, mask):
+            return self.settings.scale * v.mean(dim=2, keepdim=True).expand_as(q)
+
+    monkeypatch.setitem(base._REGISTRY, "toy", Toy)
+    data, _ = sweep(tmp_path, capsys, "--lengths 32 --attention toy --set scale=3 --reference --no-isolate")
+    ours = [p for p in data["points"] if p["kind"] == "ours"]
+    assert sorted({p["label"] for p in ours}) == ["toy-a", "toy-b"]
+    assert all(p["status"] == "ok" and p["settings"] == {"scale": 3} for p in ours)
+    assert {p["label"] for p in data["points"] if p["kind"] == "reference"} == {"hf-roberta-sdpa"}
+    assert all(p["reference"] is None and p["sdpa_baseline"] == "hf-roberta-sdpa" for p in ours)
+
+
 def test_set_overrides_the_selected_mechanism(tmp_path, capsys):
     data, _ = sweep(
         tmp_path,
