@@ -113,11 +113,17 @@ class Candidate:
 
 
 def _passthrough(family: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Our settings that the reference config also has (same names, e.g. YOSO's τ and hashes)."""
+    """Our settings named as one of the reference config's own fields, those BERT's config lacks (YOSO's τ and
+    hashes, Nyströmformer's landmarks and convolution), so both sides run with the same values."""
+    import inspect
+
     import transformers
 
-    defaults = getattr(transformers, f"{family}Config")()
-    return {k: v for k, v in settings.items() if hasattr(defaults, k) and not k.startswith("_")}
+    def fields(cls) -> set[str]:
+        return set(inspect.signature(cls.__init__).parameters)
+
+    own = fields(getattr(transformers, f"{family}Config")) - fields(transformers.BertConfig)
+    return {k: v for k, v in settings.items() if k in own}
 
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -134,8 +140,6 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
 def select_candidates(attention: str | None, overrides: dict[str, Any], reference: bool) -> list[Candidate]:
     """Our candidates from ``--attention`` (labels or mechanism names; all when empty) with ``--set``
     overrides applied wherever the mechanism has that setting, then the references paired with them."""
-    import dataclasses as dc
-
     from longattn_cli.attention import available, get_mechanism, make_settings
 
     table = variants()
@@ -150,7 +154,10 @@ def select_candidates(attention: str | None, overrides: dict[str, Any], referenc
             raise UserError(
                 f"unknown attention {w!r}; valid labels: {', '.join(table)}; mechanisms: {', '.join(available())}"
             )
-    fields = {name: {f.name for f in dc.fields(get_mechanism(name).Settings)} for name, _ in picked.values()}
+    fields = {
+        name: {f.name for f in dataclasses.fields(get_mechanism(name).Settings)}
+        for name, _ in picked.values()
+    }
     unused = sorted(k for k in overrides if not any(k in f for f in fields.values()))
     if unused:
         valid = sorted(set().union(*fields.values()))
@@ -172,7 +179,7 @@ def _references(ours: list[Candidate]) -> list[Candidate]:
     first: dict[str, dict[str, Any]] = {}
     for c in ours:
         first.setdefault(c.mechanism, c.settings)
-    first.setdefault("softmax", make_settings("softmax").to_dict() if "softmax" in REFERENCES else {})
+    first.setdefault("softmax", make_settings("softmax").to_dict())
     out = []
     for name, settings in first.items():
         for ref in REFERENCES.get(name, []):
@@ -258,11 +265,16 @@ def model_shape(opts: BenchmarkOptions) -> tuple[dict[str, int], str | None]:
         from longattn_cli.checkpoints import import_config
         from longattn_cli.hub import resolve
 
+        fixed = [f"--{n.replace('_', '-')}" for n in ("heads", "head_dim", "layers") if getattr(opts, n)]
+        if fixed:
+            raise UserError(
+                f"{', '.join(fixed)} cannot be combined with --model: the checkpoint fixes the shape"
+            )
         directory = resolve(opts.model)
         config = import_config(directory)
         limit = config.max_sequence_length
         too_long = [n for n in opts.lengths if n > limit]
-        if too_long:
+        if too_long and opts.scope == "model":
             raise UserError(
                 f"--lengths {too_long[0]} is above the {limit} positions of {opts.model}; use lengths up to {limit}"
             )

@@ -17,7 +17,8 @@ from longattn_cli.cli import main
 from longattn_cli.testing import tiny_reference
 
 # Tiny shapes, one warm-up and one timed step: these tests check what is measured and reported, not speed.
-TINY = "--model-size tiny --heads 2 --head-dim 8 --warmup 1 --repeats 1 --min-time 0 --device cpu".split()
+QUICK = "--warmup 1 --repeats 1 --min-time 0 --device cpu".split()
+TINY = ["--model-size", "tiny", "--heads", "2", "--head-dim", "8", *QUICK]
 
 
 def run(argv, capsys):
@@ -28,10 +29,10 @@ def run(argv, capsys):
     return exc.value.code, out.out, out.err
 
 
-def sweep(tmp_path, capsys, args, *extra):
+def sweep(tmp_path, capsys, args, *extra, shape=TINY):
     """Run ``benchmark`` with the tiny shapes, ``args`` (one string) and ``extra`` (paths); return the JSON."""
     files = ["--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
-    code, out, err = run(["benchmark", *TINY, *files, *args.split(), *extra], capsys)
+    code, out, err = run(["benchmark", *shape, *files, *args.split(), *extra], capsys)
     assert code == 0, err
     return json.loads((tmp_path / "b.json").read_text()), out
 
@@ -114,13 +115,17 @@ def test_model_checkpoint_and_its_position_limit(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     tiny_reference("roberta", ckpt, vocab_size=100)  # 128 positions; no tokenizer needed
     args = "--scope model --lengths 128 --mode train --attention softmax-sdpa --reference --no-isolate"
-    data, _ = sweep(tmp_path, capsys, args, "--model", str(ckpt))
+    data, _ = sweep(tmp_path, capsys, args, "--model", str(ckpt), shape=QUICK)
     assert [p["status"] for p in data["points"]] == ["ok", "ok"]
     assert data["options"]["shape"]["hidden_size"] == 32 and data["options"]["shape"]["num_layers"] == 2
     code, _, err = run(
-        ["benchmark", *TINY, "--scope", "model", "--model", str(ckpt), "--lengths", "64,129"], capsys
+        ["benchmark", *QUICK, "--scope", "model", "--model", str(ckpt), "--lengths", "64,129"], capsys
     )
     assert code == 2 and "129 is above the 128 positions" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        ["benchmark", *TINY, "--scope", "model", "--model", str(ckpt)], capsys
+    )  # TINY has --heads
+    assert code == 2 and "--heads, --head-dim cannot be combined with --model" in err
 
 
 def test_time_budget_marks_timeout_then_skips_longer_lengths(tmp_path, capsys):
