@@ -265,12 +265,12 @@ def model_shape(opts: BenchmarkOptions) -> tuple[dict[str, int], str | None]:
         from longattn_cli.checkpoints import import_config
         from longattn_cli.hub import resolve
 
+        directory = resolve(opts.model)
         fixed = [f"--{n.replace('_', '-')}" for n in ("heads", "head_dim", "layers") if getattr(opts, n)]
         if fixed:
             raise UserError(
                 f"{', '.join(fixed)} cannot be combined with --model: the checkpoint fixes the shape"
             )
-        directory = resolve(opts.model)
         config = import_config(directory)
         limit = config.max_sequence_length
         too_long = [n for n in opts.lengths if n > limit]
