@@ -187,6 +187,22 @@ def _references(ours: list[Candidate]) -> list[Candidate]:
     return out
 
 
+def list_candidates() -> None:
+    """Print every label ``--attention`` accepts, its settings, and the references paired with it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="benchmark variants (--attention takes labels or mechanism names)", title_justify="left"
+    )
+    for column in ("label", "mechanism", "settings", "--reference adds"):
+        table.add_column(column, overflow="fold")
+    for label, (name, settings) in variants().items():
+        refs = ", ".join(r.label for r in REFERENCES.get(name, []))
+        table.add_row(label, name, ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults", refs)
+    Console().print(table)
+
+
 def parse_lengths(text: str | None) -> list[int]:
     """``"1024,2048"`` → [1024, 2048] (sorted, unique); non-integers and values below 1 are user errors."""
     if not text:

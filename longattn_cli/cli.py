@@ -86,10 +86,15 @@ def benchmark_cmd(
     csv_path: str = typer.Option(None, "--csv", help="Write every measurement (one row per point) to this CSV file."),
     plot_path: str = typer.Option(None, "--plot", help="Plot time and memory against length (log-log) to this PNG (needs matplotlib)."),
     seed: int = typer.Option(0, help="Seed for weights and inputs."),
+    list_variants: bool = typer.Option(False, "--list", help="List the variant labels, their settings and references, and exit."),
 ):
     """Time and peak memory of every attention mechanism against sequence length."""
     from longattn_cli import benchmark
     from longattn_cli.config import parse_overrides
+
+    if list_variants:
+        benchmark.list_candidates()
+        return
 
     opts = benchmark.BenchmarkOptions(
         scope=scope, mode=mode, lengths=benchmark.parse_lengths(lengths), attention=attention,

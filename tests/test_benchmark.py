@@ -354,6 +354,11 @@ def test_bad_arguments_are_one_line_exit_2(args, pattern, capsys):
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
 
 
+def test_list_variants(capsys):
+    code, out, _ = run(["benchmark", "--list"], capsys)
+    assert code == 0 and "softmax-eager" in out and "implementation=eager" in out and "hf-roberta-sdpa" in out
+
+
 def test_help_lists_benchmark(capsys):
     code, out, _ = run(["--help"], capsys)
     assert code == 0 and "benchmark" in out
