@@ -23,6 +23,7 @@ live only inside one operator, such as an attention score matrix, are counted).
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -223,6 +224,15 @@ def time_steps(
         (times, over): ``over`` is the projected total seconds when finishing the required steps (plus the
         memory step) would exceed ``budget``, in which case measuring stops early; else None.
     """
+    gc.collect()
+    gc.disable()  # as timeit does: a collection inside a timed step is noise, not the step's cost
+    try:
+        return _timed_loop(prepare, step, device, warmup, repeats, budget, min_time)
+    finally:
+        gc.enable()
+
+
+def _timed_loop(prepare, step, device, warmup, repeats, budget, min_time) -> tuple[list[float], float | None]:
     times: list[float] = []
     spent = 0.0
     i = 0
