@@ -21,3 +21,8 @@ lint:
 
 demo:
 	$(PYTHON) -m longattn_cli.demo
+
+# The README's Performance table; e.g. make bench BENCH_ARGS="--scope model --lengths 1024,2048"
+BENCH_ARGS ?= --scope layer --lengths 512,1024,2048 --reference
+bench:
+	$(PYTHON) -m longattn_cli benchmark $(BENCH_ARGS) --json bench.json --csv bench.csv

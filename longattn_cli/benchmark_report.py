@@ -1,0 +1,229 @@
+"""What ``longattn benchmark`` shows and writes: a live table, JSON, CSV and a log-log plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from longattn_cli.benchmark_point import OK
+from longattn_cli.errors import UserError
+
+STATUS_STYLE = {
+    "ok": "green",
+    "OOM": "red",
+    "timeout": "yellow",
+    "skipped": "dim",
+    "unavailable": "dim",
+    "error": "red",
+}
+
+
+def _ms(seconds: float | None) -> str:
+    return (
+        "" if seconds is None else f"{seconds * 1e3:.3g}" if seconds * 1e3 < 1000 else f"{seconds * 1e3:,.0f}"
+    )
+
+
+def _mib(nbytes: int | None) -> str:
+    return "" if nbytes is None else f"{nbytes / 2**20:,.1f}"
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    if a is None and b is None:
+        return ""
+    return f"{'–' if a is None else f'{a:.2f}'}/{'–' if b is None else f'{b:.2f}'}"
+
+
+def group_table(points: list[dict[str, Any]]) -> Table:
+    """The points of one (scope, mode, length) group: one row per candidate."""
+    p0 = points[0]
+    what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
+    title = f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']} (ms: median step; IQR: quartile spread)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("attention", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("IQR", justify="right", no_wrap=True)
+    table.add_column("tok/s", justify="right", no_wrap=True)
+    table.add_column("MiB", justify="right", no_wrap=True)
+    table.add_column("÷ref t/m", justify="right", no_wrap=True)
+    table.add_column("÷SDPA t/m", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for p in points:
+        ok = p["status"] == OK
+        name = p["label"] if p["kind"] == "ours" else f"[italic]{p['label']}[/]"
+        status = p["status"] if ok or p["status"] == "running" else f"{p['status']}: {p.get('message', '')}"
+        table.add_row(
+            name,
+            _ms(p.get("time_s")) if ok else "",
+            _ms(p["time_q3_s"] - p["time_q1_s"]) if ok else "",
+            f"{p['tokens_per_s']:,.0f}" if ok else "",
+            _mib(p.get("peak_memory_bytes")) if ok else "",
+            _pair(p.get("vs_reference_time"), p.get("vs_reference_memory")),
+            _pair(p.get("vs_sdpa_time"), p.get("vs_sdpa_memory")),
+            f"[{STATUS_STYLE.get(p['status'], 'cyan')}]{status}[/]",
+        )
+    return table
+
+
+def summary_tables(points: list[dict[str, Any]]) -> list[Table]:
+    """One table per (scope, mode): a row per candidate, a column per length, cells "time ms / peak MiB"."""
+    out = []
+    for scope, mode in dict.fromkeys((p["scope"], p["mode"]) for p in points):
+        rows = [p for p in points if p["scope"] == scope and p["mode"] == mode]
+        lengths = sorted({p["n"] for p in rows})
+        what = {"forward": "forward", "train": "forward+backward"}[mode]
+        table = Table(title=f"{scope} · {what}: time ms / peak MiB", title_justify="left")
+        table.add_column("attention")
+        for n in lengths:
+            table.add_column(f"{n:,}", justify="right")
+        for label in dict.fromkeys(p["label"] for p in rows):
+            cells = {p["n"]: p for p in rows if p["label"] == label}
+            table.add_row(label, *(_cell(cells.get(n)) for n in lengths))
+        out.append(table)
+    return out
+
+
+def _cell(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return ""
+    if p["status"] != OK:
+        return f"[{STATUS_STYLE.get(p['status'], 'cyan')}]{p['status']}[/]"
+    return f"{_ms(p['time_s'])} / {_mib(p.get('peak_memory_bytes'))}"
+
+
+class LiveTable:
+    """Progress bar plus the table of the group being measured; finished groups stay printed above."""
+
+    def __init__(self, result: dict[str, Any], total: int, console: Console | None = None):
+        self.result = result
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task("benchmark", total=total)
+        self.group: list[dict[str, Any]] = []
+        # Redrawn only between points: a refresh thread would compete with the measured step for the CPU
+        # (and, measuring in this process, for the GIL between operators).
+        self.live = Live(self._render(), console=self.console, transient=True, auto_refresh=False)
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._flush()
+        self.live.__exit__(*exc)
+        if self.result["points"]:
+            for table in summary_tables(self.result["points"]):
+                self.console.print(table)
+
+    def _render(self):
+        return Group(group_table(self.group), self.progress) if self.group else self.progress
+
+    def _flush(self):
+        if self.group:
+            self.console.print(group_table(self.group))
+            self.group = []
+
+    def start(self, point: dict[str, Any]) -> None:
+        """A point begins: a new group prints the finished one."""
+        if self.group and (self.group[0]["mode"], self.group[0]["n"]) != (point["mode"], point["n"]):
+            self._flush()
+        self.group.append(point)
+        self.progress.update(self.task, description=f"{point['label']} · {point['mode']} · n={point['n']:,}")
+        self.live.update(self._render(), refresh=True)
+
+    def finish(self, point: dict[str, Any]) -> None:
+        """A point ended (measured, failed or skipped)."""
+        self.progress.advance(self.task)
+        self.live.update(self._render(), refresh=True)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    """Every point with its raw step times, the options and the machine."""
+    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+CSV_FIELDS = [
+    "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message",
+    "time_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s", "tokens_per_s", "peak_memory_bytes",
+    "memory_method", "reference", "vs_reference_time", "vs_reference_memory", "sdpa_baseline",
+    "vs_sdpa_time", "vs_sdpa_memory", "settings", "times_s",
+]  # fmt: skip
+MACHINE_FIELDS = ["cpu", "cpu_count", "threads", "memory_gb", "torch", "transformers", "device", "gpu"]
+
+
+def write_csv(result: dict[str, Any], path: str | Path) -> None:
+    """One row per point; the machine's description is repeated on every row (``machine_*`` columns)."""
+    fields = CSV_FIELDS + [f"machine_{k}" for k in MACHINE_FIELDS] + ["dtype"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for p in result["points"]:
+            row = {k: p.get(k) for k in CSV_FIELDS}
+            row["settings"] = json.dumps(p.get("settings"), sort_keys=True)
+            row["times_s"] = json.dumps(p.get("times_s")) if p.get("times_s") is not None else None
+            row.update({f"machine_{k}": result["machine"].get(k) for k in MACHINE_FIELDS})
+            row["dtype"] = result["options"]["dtype"]
+            writer.writerow(row)
+
+
+def require_matplotlib() -> None:
+    """A one-line error, before any measuring, when ``--plot`` is asked for without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--plot needs matplotlib: pip install 'longattn[plot]' (or pip install matplotlib)"
+        ) from None
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """Time and peak memory against length, log-log, one line per candidate; a row of panels per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in result["points"] if p["status"] == OK]
+    modes = list(dict.fromkeys(p["mode"] for p in result["points"]))
+    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4 * len(modes)), squeeze=False)
+    for row, mode in zip(axes, modes, strict=True):
+        for label in dict.fromkeys(p["label"] for p in result["points"]):
+            mine = sorted(
+                (p for p in points if p["mode"] == mode and p["label"] == label), key=lambda p: p["n"]
+            )
+            if not mine:
+                continue
+            style = "--" if mine[0]["kind"] == "reference" else "-"
+            ns = [p["n"] for p in mine]
+            row[0].plot(ns, [p["time_s"] * 1e3 for p in mine], style, marker="o", label=label)
+            mem = [(p["n"], p["peak_memory_bytes"] / 2**20) for p in mine if p.get("peak_memory_bytes")]
+            if mem:
+                row[1].plot(*zip(*mem, strict=True), style, marker="o", label=label)
+        what = {"forward": "forward", "train": "forward+backward"}[mode]
+        for ax, ylabel in zip(row, ("time per step (ms)", "peak memory (MiB)"), strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{result['options']['scope']} · {what}")
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    m = result["machine"]
+    fig.suptitle(f"longattn benchmark · {m.get('gpu') or m['cpu']} · torch {m['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
