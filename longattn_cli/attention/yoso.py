@@ -274,26 +274,31 @@ def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: in
     """Mean over hashes of Σ_{j: code_j = code_i} (weight_q_i · weight_k_j) values_j, (B, H, N, E).
 
     Each bucket holds Σ weight_k_j ⊗ values_j (a W×E table); a query reads its bucket contracted with its own
-    weights, by ``embedding_bag`` with per-sample weights over the W rows of the bucket. Keys are added in
-    chunks so that the outer products never exceed the scratch budget.
+    weights, by ``embedding_bag`` with per-sample weights over the W rows of the bucket in every hash. Hashes
+    go in groups and keys in chunks so that tables and outer products stay within the scratch budget.
     """
     b, h, n, e = values.shape
     w = weight_k.shape[-1]
     nh = codes_k.shape[-1]
     bh = b * h
     out = values.new_zeros(bh * n, e)
+    group = max(1, _BUDGET // (bh * capacity * w * e))
     tokens = max(1, _BUDGET // (bh * w * e))
     sub = torch.arange(w, device=values.device)
-    for t in range(nh):
-        table = values.new_zeros(bh * capacity, w * e)
-        key_rows = _rows(codes_k, capacity, t, t + 1).view(bh, n)
+    flat_weight_q = weight_q.reshape(bh * n, 1, w)
+    for first in range(0, nh, group):
+        last = min(nh, first + group)
+        table = values.new_zeros((last - first) * bh * capacity, w * e)
+        key_rows = _rows(codes_k, capacity, first, last).view(bh, n, last - first)
         for s in range(0, n, tokens):
             chunk = slice(s, min(n, s + tokens))
-            outer = weight_k[:, :, chunk, :, None] * values[:, :, chunk, None, :]  # (B, H, chunk, W, E)
-            table.index_add_(0, key_rows[:, chunk].reshape(-1), outer.reshape(-1, w * e))
-        query_rows = _rows(codes_q, capacity, t, t + 1) * w + sub  # (B·H·N, W): the W rows of each bucket
+            outer = (weight_k[:, :, chunk, :, None] * values[:, :, chunk, None, :]).reshape(-1, w * e)  # (B·H·chunk, W·E)
+            for t in range(last - first):
+                table.index_add_(0, key_rows[:, chunk, t].reshape(-1), outer)
+        query_rows = _rows(codes_q, capacity, first, last)[..., None] * w + sub  # (B·H·N, hashes, W)
+        psw = flat_weight_q.expand(bh * n, last - first, w).reshape(bh * n, -1)
         out += F.embedding_bag(
-            query_rows, table.view(bh * capacity * w, e), mode="sum", per_sample_weights=weight_q.reshape(bh * n, w)
+            query_rows.view(bh * n, -1), table.view(-1, e), mode="sum", per_sample_weights=psw
         )
     return (out / nh).view(b, h, n, e)
 
