@@ -235,13 +235,14 @@ def test_padding_leaves_real_tokens_unchanged(settings):
 
 
 def test_no_n_by_n_allocation_in_lsh_forward_and_backward():
-    n = 2048
+    n = 4096
     q, k, v = [x.requires_grad_(True) for x in qkv(b=1, h=1, n=n, d=8)]
-    att = build_attention("yoso", {"use_expectation": False, "num_hash": 4, "hash_code_len": 6, "seed": 0}, 1, 8)
+    att = build_attention("yoso", {"use_expectation": False, "num_hash": 2, "hash_code_len": 6, "seed": 0}, 1, 8)
     with torch.profiler.profile(profile_memory=True) as prof:
         att(q, k, v, None).sum().backward()
     largest = max(e.cpu_memory_usage for e in prof.events())
-    assert 0 < largest < n * n * 4 // 16, largest  # an n×n fp32 matrix would be 16 MiB; nothing comes close
+    # An n×n fp32 matrix would be 64 MiB; the largest buffers are O(n · num_hash · d) (sparse indices, 1 MiB).
+    assert 0 < largest <= 2**20, largest
 
 
 def test_bfloat16_inputs_keep_their_dtype():

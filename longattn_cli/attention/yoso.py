@@ -249,23 +249,36 @@ def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Te
     return (codes[..., first:last] + bh + hashes).reshape(b * h * n, last - first)
 
 
+def _bucket_sums(rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``table[r] = Σ_p weights[p] · values[p // (rows.numel() / len(values))]`` over entries p with rows[p] = r.
+
+    ``rows`` is (M, k): k table rows per value row. Done as one sparse (num_rows × M) @ dense (M, E) product,
+    which runs far faster on CPU than ``index_add_`` or ``scatter_add_`` with the same result.
+    """
+    m, per = rows.shape
+    cols = torch.arange(m, device=rows.device).repeat_interleave(per)
+    if weights is None:
+        weights = values.new_ones(m * per)
+    indices = torch.stack((rows.reshape(-1), cols))
+    sparse = torch.sparse_coo_tensor(indices, weights.reshape(-1), (num_rows, m), check_invariants=False)
+    return torch.sparse.mm(sparse, values)
+
+
 def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
     """Mean over hashes of Σ_{j: code_j = code_i} values_j: (B, H, N, E) for every query i.
 
-    One table of ``capacity`` buckets per hash (scatter-add of key values), read at the query codes
-    (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor).
+    One table of ``capacity`` buckets per hash (the sum of the values of the keys in each bucket), read at the
+    query codes (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor).
     """
     b, h, n, e = values.shape
     nh = codes_k.shape[-1]
     flat = values.reshape(b * h * n, e)
     out = values.new_zeros(b * h * n, e)
-    step = max(1, _BUDGET // (b * h * capacity * e))
-    for first in range(0, nh, step):
-        last = min(nh, first + step)
-        table = values.new_zeros((last - first) * b * h * capacity, e)
-        key_rows = _rows(codes_k, capacity, first, last)
-        for t in range(last - first):
-            table.index_add_(0, key_rows[:, t], flat)
+    group = max(1, _BUDGET // (b * h * capacity * e))
+    for first in range(0, nh, group):
+        last = min(nh, first + group)
+        num_rows = (last - first) * b * h * capacity
+        table = _bucket_sums(_rows(codes_k, capacity, first, last), None, flat, num_rows)
         out += F.embedding_bag(_rows(codes_q, capacity, first, last), table, mode="sum")
     return (out / nh).view(b, h, n, e)
 
@@ -273,33 +286,26 @@ def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor,
 def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: int) -> torch.Tensor:
     """Mean over hashes of Σ_{j: code_j = code_i} (weight_q_i · weight_k_j) values_j, (B, H, N, E).
 
-    Each bucket holds Σ weight_k_j ⊗ values_j (a W×E table); a query reads its bucket contracted with its own
-    weights, by ``embedding_bag`` with per-sample weights over the W rows of the bucket in every hash. Hashes
-    go in groups and keys in chunks so that tables and outer products stay within the scratch budget.
+    Each bucket holds Σ weight_k_j ⊗ values_j (a W×E table: W rows per bucket); a query reads the W rows of its
+    bucket contracted with its own weights (``embedding_bag`` with per-sample weights), in every hash. Hashes go
+    in groups so that tables stay within the scratch budget.
     """
     b, h, n, e = values.shape
     w = weight_k.shape[-1]
     nh = codes_k.shape[-1]
     bh = b * h
     out = values.new_zeros(bh * n, e)
-    group = max(1, _BUDGET // (bh * capacity * w * e))
-    tokens = max(1, _BUDGET // (bh * w * e))
+    group = max(1, _BUDGET // (bh * capacity * w * max(e, n // capacity)))
     sub = torch.arange(w, device=values.device)
-    flat_weight_q = weight_q.reshape(bh * n, 1, w)
+    flat = values.reshape(bh * n, e)
     for first in range(0, nh, group):
-        last = min(nh, first + group)
-        table = values.new_zeros((last - first) * bh * capacity, w * e)
-        key_rows = _rows(codes_k, capacity, first, last).view(bh, n, last - first)
-        for s in range(0, n, tokens):
-            chunk = slice(s, min(n, s + tokens))
-            outer = (weight_k[:, :, chunk, :, None] * values[:, :, chunk, None, :]).reshape(-1, w * e)  # (B·H·chunk, W·E)
-            for t in range(last - first):
-                table.index_add_(0, key_rows[:, chunk, t].reshape(-1), outer)
-        query_rows = _rows(codes_q, capacity, first, last)[..., None] * w + sub  # (B·H·N, hashes, W)
-        psw = flat_weight_q.expand(bh * n, last - first, w).reshape(bh * n, -1)
-        out += F.embedding_bag(
-            query_rows.view(bh * n, -1), table.view(-1, e), mode="sum", per_sample_weights=psw
-        )
+        hashes = min(nh, first + group) - first
+        key_rows = _rows(codes_k, capacity, first, first + hashes)[..., None] * w + sub  # (B·H·N, hashes, W)
+        key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w)
+        table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, hashes * bh * capacity * w)
+        query_rows = _rows(codes_q, capacity, first, first + hashes)[..., None] * w + sub
+        query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
+        out += F.embedding_bag(query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights)
     return (out / nh).view(b, h, n, e)
 
 
