@@ -272,6 +272,33 @@ def test_expectation_mode_matches_transformers_without_padding(conv_window, tmp_
         assert_close(ours(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_expectation_mode_gradients_match_transformers(tmp_path):
+    """transformers' YosoCumulation backward is the paper's gradient too: parameter gradients agree."""
+    ref = tiny_reference("yoso", tmp_path, vocab_size=120, conv_window=3)
+    ours = load_model(str(tmp_path))
+    ids = torch.randint(3, 120, (2, 21), generator=torch.Generator().manual_seed(4))
+    ours(input_ids=ids, labels=ids).loss.backward()
+    ref(input_ids=ids, labels=ids).loss.backward()
+    mine = dict(ours.named_parameters())
+    for theirs, name in (
+        ("yoso.encoder.layer.0.attention.self.query.weight", "longattn.layers.0.query.weight"),
+        ("yoso.encoder.layer.1.attention.self.key.weight", "longattn.layers.1.key.weight"),
+        ("yoso.encoder.layer.0.attention.self.conv.weight", "longattn.layers.0.attention.conv.weight"),
+    ):
+        assert_close(mine[name].grad, dict(ref.named_parameters())[theirs].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_training_step_in_lsh_mode(yoso_dir):
+    model = load_model(str(yoso_dir), attention_settings={"use_expectation": False, "num_hash": 8, "hash_code_len": 4})
+    model.train()
+    ids = torch.randint(5, 500, (2, 20), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[0, 14:] = 0
+    model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    grad = model.longattn.layers[0].query.weight.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_padding_changes_transformers_outputs_but_not_ours(tmp_path):
     ref = tiny_reference("yoso", tmp_path, vocab_size=120)
     ours = load_model(str(tmp_path))

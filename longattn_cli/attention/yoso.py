@@ -80,7 +80,10 @@ class YosoSettings(AttentionSettings):
 
 @register
 class YosoAttention(Attention):
-    """YOSO-E or YOSO-LSH over the real keys, with the optional depthwise convolution of transformers' YOSO."""
+    """YOSO-E or YOSO-LSH over the real keys, with the optional depthwise convolution of transformers' YOSO.
+
+    There are no attention probabilities to drop, so ``dropout`` is unused (transformers' YOSO applies none).
+    """
 
     name = "yoso"
     Settings = YosoSettings
@@ -101,7 +104,7 @@ class YosoAttention(Attention):
 
     def forward(self, q, k, v, mask):
         s = self.settings
-        b, h, n, d = q.shape
+        b, _, n, _ = q.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
         work = torch.promote_types(q.dtype, torch.float32)  # tables and sums in fp32 even for bf16 models
@@ -111,7 +114,8 @@ class YosoAttention(Attention):
         if s.use_expectation:
             out = _Expectation.apply(q, k, vm, m.transpose(-1, -2), s.hash_code_len)
         else:
-            codes_q, codes_k = hash_codes(q, k, s)
+            with torch.no_grad():  # codes are discrete: the gradient comes from _LSHCumulation.backward
+                codes_q, codes_k = hash_codes(q, k, s)
             out = _LSHCumulation.apply(q, k, vm, m, codes_q, codes_k, s.hash_code_len, s.lsh_backward)
         out = (F.normalize(out, dim=-1) * m).to(v.dtype)  # the paper normalises rows instead of the weights
         if s.conv_window is not None:
