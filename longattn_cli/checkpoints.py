@@ -173,7 +173,7 @@ YOSO_SETTINGS = ("hash_code_len", "num_hash", "use_expectation", "use_fast_hash"
 
 
 def _yoso_config(src: dict[str, Any]) -> dict[str, Any]:
-    src = YOSO_DEFAULTS | {k: v for k, v in src.items() if v is not None or k == "conv_window"}
+    src = YOSO_DEFAULTS | {k: v for k, v in src.items() if v is not None}
     # YOSO's position table has two rows more than max_position_embeddings; positions start at 2.
     return common_config(
         src,

@@ -272,6 +272,19 @@ def test_expectation_mode_matches_transformers_without_padding(conv_window, tmp_
         assert_close(ours(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["Model", "ForTokenClassification"])
+def test_other_heads_match_transformers(head, tmp_path):
+    ref = tiny_reference("yoso", tmp_path, head, vocab_size=120, num_labels=3)
+    ours = load_model(str(tmp_path))
+    ids = torch.randint(3, 120, (2, 19), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        theirs, mine = ref(input_ids=ids), ours(input_ids=ids)
+    if head == "Model":
+        assert_close(mine.last_hidden_state, theirs.last_hidden_state, rtol=1e-5, atol=1e-5)
+    else:
+        assert_close(mine.logits, theirs.logits, rtol=1e-5, atol=1e-5)
+
+
 def test_expectation_mode_gradients_match_transformers(tmp_path):
     """transformers' YosoCumulation backward is the paper's gradient too: parameter gradients agree."""
     ref = tiny_reference("yoso", tmp_path, vocab_size=120, conv_window=3)
