@@ -110,7 +110,7 @@ def test_no_nan_when_query_equals_key():
 def test_expectation_value_gradient_passes_gradcheck():
     q, k, v = qkv(b=1, h=1, n=6, d=3, dtype=torch.float64)
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    key_mask = padding_mask(1, 6, [4]).to(torch.float64)[:, None, None, :]
+    key_mask = padding_mask(1, 6, [4]).to(torch.float64)[:, None, :, None]
     v = v.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: _Expectation.apply(q, k, v, key_mask, 3), (v,))
 
@@ -124,16 +124,17 @@ def test_expectation_query_key_gradients_are_the_papers():
     tau = 3
     q, k, v = qkv(b=1, h=2, n=10, d=4, dtype=torch.float64)
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    key_mask = padding_mask(1, 10, [7]).to(torch.float64)[:, None, None, :]
+    key_mask = padding_mask(1, 10, [7]).to(torch.float64)[:, None, :, None]
     g = torch.randn(1, 2, 10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     ours = [x.clone().requires_grad_(True) for x in (q, k)]
     _Expectation.apply(*ours, v, key_mask, tau).backward(g)
 
     surrogate = [x.clone().requires_grad_(True) for x in (q, k)]
-    b = collision_probability(q, k, tau) * key_mask
+    b = collision_probability(q, k, tau) * key_mask.transpose(-1, -2)
     ((b * (tau / 2) * (surrogate[0] @ surrogate[1].transpose(-1, -2))) @ v).backward(g)
     exact = [x.clone().requires_grad_(True) for x in (q, k)]
-    ((1 - torch.acos(exact[0] @ exact[1].transpose(-1, -2)) / math.pi) ** tau * key_mask @ v).backward(g)
+    b_exact = (1 - torch.acos(exact[0] @ exact[1].transpose(-1, -2)) / math.pi) ** tau
+    ((b_exact * key_mask.transpose(-1, -2)) @ v).backward(g)
     for a, s, e in zip(ours, surrogate, exact, strict=True):
         assert_close(a.grad, s.grad, rtol=1e-12, atol=1e-12)
         assert cosine(a.grad, e.grad) > 0.95
@@ -168,7 +169,7 @@ def test_lsh_backward_agrees_with_expectation_gradients():
     """Weighted-LSH gradients point where the expectation's do: cosine > 0.9 at 64 hashes, > 0.99 at 1024."""
     q, k, v, m, g = lsh_inputs()
     exact = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    _Expectation.apply(*exact, m.transpose(-1, -2), 4).backward(g)
+    _Expectation.apply(*exact, m, 4).backward(g)
     for nh, bound in ((64, 0.9), (1024, 0.99)):
         cq, ck = hash_codes(q, k, YosoSettings(hash_code_len=4, num_hash=nh, use_fast_hash=False, seed=3))
         ours = [x.clone().requires_grad_(True) for x in (q, k, v)]
@@ -179,10 +180,20 @@ def test_lsh_backward_agrees_with_expectation_gradients():
             assert not a.grad[:, :, 50:].any()
 
 
+def test_lsh_value_gradient_passes_gradcheck():
+    """The LSH estimate is linear in the values, so its value gradient is exact: gradcheck in float64."""
+    q, k, v = qkv(b=1, h=1, n=7, d=3, dtype=torch.float64)
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    m = padding_mask(1, 7, [5]).to(torch.float64)[:, None, :, None]
+    cq, ck = hash_codes(q, k, YosoSettings(hash_code_len=2, num_hash=3, seed=0))
+    v = v.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: _LSHCumulation.apply(q, k, v * m, m, cq, ck, 2, True) * m, (v,))
+
+
 def test_lsh_without_lsh_backward_uses_expectation_gradients():
     q, k, v, m, g = lsh_inputs()
     exact = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    _Expectation.apply(*exact, m.transpose(-1, -2), 4).backward(g)
+    _Expectation.apply(*exact, m, 4).backward(g)
     cq, ck = hash_codes(q, k, YosoSettings(hash_code_len=4, num_hash=8, seed=3))
     ours = [x.clone().requires_grad_(True) for x in (q, k, v)]
     _LSHCumulation.apply(*ours, m, cq, ck, 4, False).backward(g)

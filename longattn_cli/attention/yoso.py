@@ -100,6 +100,8 @@ class YosoAttention(Attention):
         return {
             "yoso-e": {"use_expectation": True},
             "yoso-lsh": {"use_expectation": False, "lsh_backward": True, "num_hash": 32, "hash_code_len": 8},
+            # LSH forward with the expectation-formula backward: O(n²) backward, but no d² factor.
+            "yoso-lsh-ebwd": {"use_expectation": False, "lsh_backward": False, "num_hash": 32, "hash_code_len": 8},
         }
 
     def forward(self, q, k, v, mask):
@@ -112,7 +114,7 @@ class YosoAttention(Attention):
         q, k = F.normalize(q.to(work), dim=-1), F.normalize(k.to(work), dim=-1)
         vm = v.to(work) * m  # padding never enters a sum: its values are zero
         if s.use_expectation:
-            out = _Expectation.apply(q, k, vm, m.transpose(-1, -2), s.hash_code_len)
+            out = _Expectation.apply(q, k, vm, m, s.hash_code_len)
         else:
             with torch.no_grad():  # codes are discrete: the gradient comes from _LSHCumulation.backward
                 codes_q, codes_k = hash_codes(q, k, s)
@@ -126,14 +128,19 @@ class YosoAttention(Attention):
 # ---------------------------------------------------------------------------------------------- expectation
 
 
-def collision_probability(q: torch.Tensor, k: torch.Tensor, tau: int) -> torch.Tensor:
-    """B = (1 - arccos(q·k)/π)^τ for unit rows: (..., M, D), (..., N, D) → (..., M, N).
+def _scaled_collision(q: torch.Tensor, k: torch.Tensor, tau: int) -> torch.Tensor:
+    """π^τ · B = (π - arccos(q·k))^τ = arccos(-q·k)^τ: (..., M, D), (..., N, D) → (..., M, N).
 
-    q·k is clamped into [-1, 1]: rounding can take the dot product of a unit vector with itself above 1,
-    where arccos is NaN.
+    Three passes over the (M, N) block after the matmul; the constant π^-τ is applied to (·, D) results
+    instead. The dot product is clamped into [-1, 1]: rounding can take a unit vector's dot product with
+    itself above 1, where arccos is NaN.
     """
-    p = (q @ k.transpose(-1, -2)).clamp_(-1.0, 1.0)
-    return p.acos_().mul_(-1.0 / math.pi).add_(1.0).pow_(tau)
+    return (-q @ k.transpose(-1, -2)).clamp_(-1.0, 1.0).acos_().pow_(tau)
+
+
+def collision_probability(q: torch.Tensor, k: torch.Tensor, tau: int) -> torch.Tensor:
+    """B = (1 - arccos(q·k)/π)^τ for unit rows: (..., M, D), (..., N, D) → (..., M, N)."""
+    return _scaled_collision(q, k, tau).mul_(math.pi**-tau)
 
 
 def _row_chunks(shape: torch.Size):
@@ -144,32 +151,39 @@ def _row_chunks(shape: torch.Size):
 
 
 def expectation_backward(q, k, v, key_mask, grad, tau):
-    """The paper's gradients of ``out = (B ⊙ key_mask) v`` for ``grad = ∂L/∂out``, in row chunks (no n×n tensor).
+    """The paper's gradients of ``out = B (v ⊙ key_mask)`` for ``grad = ∂L/∂out``, in row chunks (no n×n tensor).
 
-    ∂L/∂v = Bᵀ g exactly; for q and k, ∂B/∂(q·k) is replaced by (τ/2) B (the paper's bounded surrogate).
+    ``key_mask`` is (B, 1, N, 1). ∂L/∂v = Bᵀ g exactly; for q and k, ∂B/∂(q·k) is replaced by (τ/2) B (the
+    paper's bounded surrogate).
     """
+    vm = v * key_mask  # masked keys: zero weight in every product below
     gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for rows in _row_chunks(q.shape):
-        p = collision_probability(q[:, :, rows], k, tau) * key_mask  # (B, H, rows, N)
+        p = _scaled_collision(q[:, :, rows], k, tau)  # (B, H, rows, N), π^τ B
         g = grad[:, :, rows]
-        w = (g @ v.transpose(-1, -2)).mul_(p).mul_(tau / 2)  # (B, H, rows, N)
+        w = (g @ vm.transpose(-1, -2)).mul_(p)  # (B, H, rows, N)
         gq[:, :, rows] = w @ k
         gk += w.transpose(-1, -2) @ q[:, :, rows]
         gv += p.transpose(-1, -2) @ g
-    return gq, gk, gv
+    scale = math.pi**-tau
+    return gq.mul_(scale * tau / 2), gk.mul_(scale * tau / 2), gv.mul_(key_mask).mul_(scale)
 
 
 class _Expectation(torch.autograd.Function):
-    """Σ_j B(q_i, k_j) v_j over unmasked keys, with the paper's gradient; saves only q, k, v."""
+    """Σ_j B(q_i, k_j) v_j over unmasked keys (key_mask: (B, 1, N, 1)), with the paper's gradient.
+
+    Saves only q, k, v: the n×n weights are recomputed chunk by chunk in the backward.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, key_mask, tau):
+        vm = v * key_mask
         out = torch.empty_like(v)
         for rows in _row_chunks(q.shape):
-            out[:, :, rows] = (collision_probability(q[:, :, rows], k, tau) * key_mask) @ v
+            out[:, :, rows] = _scaled_collision(q[:, :, rows], k, tau) @ vm
         ctx.save_for_backward(q, k, v, key_mask)
         ctx.tau = tau
-        return out
+        return out.mul_(math.pi**-tau)
 
     @staticmethod
     @once_differentiable
@@ -229,9 +243,9 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
     tau, nh = settings.hash_code_len, settings.num_hash
     # Bit t of hash f is worth 2^t: a block-diagonal (num_hash·τ, num_hash) matrix turns bits into codes in
     # one matmul (exact in fp32 for τ ≤ 16), much faster than a reduction over a last dimension of size τ.
-    powers = (2.0 ** torch.arange(tau, device=q.device)).repeat(nh)
-    place = torch.arange(nh * tau, device=q.device) // tau
-    weights = torch.zeros(nh * tau, nh, device=q.device, dtype=q.dtype).index_put_((torch.arange(nh * tau, device=q.device), place), powers)
+    bit = torch.arange(nh * tau, device=q.device)
+    weights = torch.zeros(nh * tau, nh, device=q.device, dtype=q.dtype)
+    weights[bit, bit // tau] = (2.0 ** (bit % tau)).to(q.dtype)
 
     def code(x):
         return ((x @ r).gt_(0) @ weights).long()  # (B, H, N, num_hash); gt_ keeps the bits in float
@@ -330,7 +344,7 @@ class _LSHCumulation(torch.autograd.Function):
         tau = ctx.tau
         g = grad.contiguous() * mask  # padded queries pass no gradient
         if not ctx.lsh_backward:
-            gq, gk, gv = expectation_backward(q, k, v, mask.transpose(-1, -2), g, tau)
+            gq, gk, gv = expectation_backward(q, k, v, mask, g, tau)
             return gq, gk, gv, None, None, None, None, None
         capacity = 1 << tau
         gv = cumulate(codes_k, codes_q, g, capacity) * mask  # Σ_i c_ij g_i: the tables with roles swapped
