@@ -21,7 +21,9 @@ from longattn_cli.attention.yoso import (
     _hadamard,
     _LSHCumulation,
     collision_probability,
+    cumulate,
     hash_codes,
+    weighted_cumulate,
 )
 from longattn_cli.checkpoints import load_model
 from longattn_cli.cli import main
@@ -188,6 +190,19 @@ def test_lsh_value_gradient_passes_gradcheck():
     cq, ck = hash_codes(q, k, YosoSettings(hash_code_len=2, num_hash=3, seed=0))
     v = v.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: _LSHCumulation.apply(q, k, v * m, m, cq, ck, 2, True) * m, (v,))
+
+
+@pytest.mark.parametrize("n,tau,budget", [(60, 3, None), (12, 9, None), (12, 9, 1000)])
+def test_cumulations_equal_explicit_collision_sums(n, tau, budget, monkeypatch):
+    """Fewer buckets than tokens (dense tables), more (occupied buckets only), and a budget that splits heads."""
+    if budget:
+        monkeypatch.setattr("longattn_cli.attention.yoso._BUDGET", budget)
+    g = torch.Generator().manual_seed(n)
+    codes_q, codes_k = (torch.randint(0, 2**tau, (2, 3, n, 5), generator=g) for _ in range(2))
+    wq, wk, x = (torch.randn(2, 3, n, 4, generator=g) for _ in range(3))
+    collisions = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).float().mean(-1)  # (B, H, N, N)
+    assert_close(cumulate(codes_q, codes_k, x, 2**tau), collisions @ x)
+    assert_close(weighted_cumulate(codes_q, wq, codes_k, wk, x, 2**tau), (collisions * (wq @ wk.transpose(-1, -2))) @ x)
 
 
 def test_lsh_without_lsh_backward_uses_expectation_gradients():

@@ -267,6 +267,20 @@ def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Te
     return (codes[..., first:last] + bh + hashes).reshape(b * h * n, last - first)
 
 
+def _table_rows(key_rows: torch.Tensor, query_rows: torch.Tensor, dense: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Table rows for keys and queries, and the table's length.
+
+    With more buckets than tokens (2^τ > n) most buckets are empty: the occupied ones are renumbered so that
+    tables stay O(n) whatever τ, and queries whose bucket holds no key read an extra row of zeros.
+    """
+    if dense <= key_rows.numel():
+        return key_rows, query_rows, dense
+    occupied, key_rows = torch.unique(key_rows, return_inverse=True)
+    found = torch.searchsorted(occupied, query_rows).clamp_(max=len(occupied) - 1)
+    query_rows = torch.where(occupied[found] == query_rows, found, len(occupied))
+    return key_rows, query_rows, len(occupied) + 1
+
+
 def _bucket_sums(rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``table[r] = Σ_p weights[p] · values[p // (rows.numel() / len(values))]`` over entries p with rows[p] = r.
 
@@ -295,9 +309,11 @@ def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor,
     group = max(1, _BUDGET // (b * h * capacity * e))
     for first in range(0, nh, group):
         last = min(nh, first + group)
-        num_rows = (last - first) * b * h * capacity
-        table = _bucket_sums(_rows(codes_k, capacity, first, last), None, flat, num_rows)
-        out += F.embedding_bag(_rows(codes_q, capacity, first, last), table, mode="sum")
+        key_rows, query_rows, num_rows = _table_rows(
+            _rows(codes_k, capacity, first, last), _rows(codes_q, capacity, first, last), (last - first) * b * h * capacity
+        )
+        table = _bucket_sums(key_rows, None, flat, num_rows)
+        out += F.embedding_bag(query_rows, table, mode="sum")
     return (out / nh).view(b, h, n, e)
 
 
@@ -310,18 +326,29 @@ def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: in
     """
     b, h, n, e = values.shape
     w = weight_k.shape[-1]
+    per_head = min(capacity, n) * w * e  # table size of one head and hash
+    if b * h > 1 and b * h * per_head > _BUDGET:  # a few heads at a time: (B·H) as independent heads
+        step = max(1, _BUDGET // per_head)
+        parts = [x.reshape(1, b * h, n, x.shape[-1]) for x in (codes_q, weight_q, codes_k, weight_k, values)]
+        outs = [
+            weighted_cumulate(*(x[:, i : i + step] for x in parts), capacity) for i in range(0, b * h, step)
+        ]
+        return torch.cat(outs, dim=1).view(b, h, n, e)
     nh = codes_k.shape[-1]
     bh = b * h
     out = values.new_zeros(bh * n, e)
-    group = max(1, _BUDGET // (bh * capacity * w * max(e, n // capacity)))
+    group = max(1, _BUDGET // (bh * min(capacity, n) * w * max(e, n // capacity)))
     sub = torch.arange(w, device=values.device)
     flat = values.reshape(bh * n, e)
     for first in range(0, nh, group):
         hashes = min(nh, first + group) - first
-        key_rows = _rows(codes_k, capacity, first, first + hashes)[..., None] * w + sub  # (B·H·N, hashes, W)
+        key_rows, query_rows, buckets = _table_rows(
+            _rows(codes_k, capacity, first, first + hashes), _rows(codes_q, capacity, first, first + hashes), hashes * bh * capacity
+        )
+        key_rows = key_rows[..., None] * w + sub  # (B·H·N, hashes, W): the W rows of each bucket
         key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w)
-        table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, hashes * bh * capacity * w)
-        query_rows = _rows(codes_q, capacity, first, first + hashes)[..., None] * w + sub
+        table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, buckets * w)
+        query_rows = query_rows[..., None] * w + sub
         query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
         out += F.embedding_bag(query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights)
     return (out / nh).view(b, h, n, e)
