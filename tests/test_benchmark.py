@@ -335,8 +335,8 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
         (["--mode", "backward"], r"unknown mode 'backward'; valid: forward, train, both"),
         (["--model-size", "huge"], r"unknown model size 'huge'; valid: tiny, small, base, large"),
         (
-            ["--set", "nonsense=1"],
-            r"--set nonsense: no selected attention has that setting; valid: implementation",
+            ["--attention", "softmax-sdpa", "--set", "nonsense=1"],
+            r"--set nonsense: no selected attention has that setting; valid: implementation$",
         ),
         (["--set", "implementation=flash"], r"implementation='flash' is not one of sdpa, eager"),
         (["--repeats", "0"], r"--repeats must be at least 1"),

@@ -1,0 +1,380 @@
+"""YOSO attention (Zeng et al., ICML 2021, arXiv 2111.09714): Bernoulli sampling through LSH, linear in n.
+
+For unit vectors q and k, ``B(q, k) = (1 - arccos(q·k) / π)^τ`` is the probability that τ random hyperplanes
+put q and k on the same side of all τ of them, i.e. in the same bucket of a τ-bit hash. YOSO replaces
+``softmax(q kᵀ)`` by B and normalises the output row instead of the weights:
+
+* **expectation mode** (YOSO-E) computes ``Σ_j B(q_i, k_j) v_j`` exactly, O(n²) time (here in row chunks, so
+  O(n) memory);
+* **LSH mode** draws ``num_hash`` τ-bit hashes, sums the values of the keys that fall in each of the 2^τ buckets
+  (one table per hash, scatter-add), and reads each query's bucket back (gather), so that the average over
+  hashes is an unbiased estimate of the same sum in O(n · num_hash · d).
+
+Gradients follow the paper: the derivative of B with respect to q·k, unbounded near q·k = ±1, is replaced by
+``(τ/2) B``, so that ``∂L/∂q_i = (τ/2) Σ_j B_ij (g_i·v_j) k_j`` (and symmetrically for k). With
+``lsh_backward`` the B_ij in these sums are again LSH collisions ("weighted LSH cumulation"), which keeps
+training linear; each bucket then carries a d×d table, so the backward costs O(n · num_hash · d²).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from longattn_cli.attention.base import Attention, AttentionSettings, register
+
+MAX_HASH_CODE_LEN = 16
+# Elements of float scratch per step (tables, chunks of the n×n weights in expectation mode): 64 MiB in fp32.
+_BUDGET = 1 << 24
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass
+class YosoSettings(AttentionSettings):
+    """Settings of YOSO, named and defaulted as in transformers' ``YosoConfig``.
+
+    Attributes:
+        hash_code_len: τ, bits per hash; buckets per table are 2^τ and the weights are B = (1 - θ/π)^τ.
+        num_hash: hashes averaged in LSH mode (ignored in expectation mode).
+        use_expectation: compute the expectation exactly (O(n²) time) instead of sampling with LSH.
+        use_fast_hash: hash with three random ±1 diagonals and Walsh–Hadamard transforms (head_dim padded to
+            a power of two) instead of Gaussian random projections.
+        lsh_backward: in LSH mode, compute gradients with weighted LSH cumulation (linear in n); otherwise
+            with the expectation formula (O(n²) time, computed in row chunks so memory stays O(n)).
+        conv_window: odd kernel size of a per-head depthwise convolution over the (masked) values added to
+            the output, or None for none.
+        seed: fixes the hash functions: every call draws the same ones (reproducible inference). None draws
+            fresh ones from torch's global generator at every call (as in training).
+    """
+
+    hash_code_len: int = 9
+    num_hash: int = 64
+    use_expectation: bool = True
+    use_fast_hash: bool = True
+    lsh_backward: bool = True
+    conv_window: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not _is_int(self.hash_code_len) or not 1 <= self.hash_code_len <= MAX_HASH_CODE_LEN:
+            raise ValueError(f"hash_code_len={self.hash_code_len!r} must be an integer from 1 to {MAX_HASH_CODE_LEN}")
+        if not _is_int(self.num_hash) or self.num_hash < 1:
+            raise ValueError(f"num_hash={self.num_hash!r} must be an integer of at least 1")
+        for name in ("use_expectation", "use_fast_hash", "lsh_backward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        w = self.conv_window
+        if w is not None and (not _is_int(w) or w < 1 or w % 2 == 0):
+            raise ValueError(f"conv_window={w!r} must be null or an odd positive integer (e.g. 3, 5, 65)")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed={self.seed!r} must be null or a non-negative integer")
+
+
+@register
+class YosoAttention(Attention):
+    """YOSO-E or YOSO-LSH over the real keys, with the optional depthwise convolution of transformers' YOSO.
+
+    There are no attention probabilities to drop, so ``dropout`` is unused (transformers' YOSO applies none).
+    """
+
+    name = "yoso"
+    Settings = YosoSettings
+
+    def __init__(self, settings: YosoSettings, num_heads: int, head_dim: int, dropout: float = 0.0):
+        super().__init__(settings, num_heads, head_dim, dropout)
+        w = settings.conv_window
+        if w is not None:
+            # Same shape and key (``conv.weight``, (H, 1, w, 1)) as transformers' YosoSelfAttention.conv.
+            self.conv = nn.Conv2d(num_heads, num_heads, (w, 1), padding=(w // 2, 0), bias=False, groups=num_heads)
+
+    @classmethod
+    def benchmark_variants(cls):
+        return {
+            "yoso-e": {"use_expectation": True},
+            "yoso-lsh": {"use_expectation": False, "lsh_backward": True, "num_hash": 32, "hash_code_len": 8},
+            # LSH forward with the expectation-formula backward: O(n²) backward, but no d² factor.
+            "yoso-lsh-ebwd": {"use_expectation": False, "lsh_backward": False, "num_hash": 32, "hash_code_len": 8},
+        }
+
+    def forward(self, q, k, v, mask):
+        s = self.settings
+        b, _, n, _ = q.shape
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
+        work = torch.promote_types(q.dtype, torch.float32)  # tables and sums in fp32 even for bf16 models
+        m = mask[:, None, :, None].to(work)  # (B, 1, N, 1), 1 = real token
+        q, k = F.normalize(q.to(work), dim=-1), F.normalize(k.to(work), dim=-1)
+        vm = v.to(work) * m  # padding never enters a sum: its values are zero
+        if s.use_expectation:
+            out = _Expectation.apply(q, k, vm, m, s.hash_code_len)
+        else:
+            with torch.no_grad():  # codes are discrete: the gradient comes from _LSHCumulation.backward
+                codes_q, codes_k = hash_codes(q, k, s)
+            out = _LSHCumulation.apply(q, k, vm, m, codes_q, codes_k, s.hash_code_len, s.lsh_backward)
+        out = (F.normalize(out, dim=-1) * m).to(v.dtype)  # the paper normalises rows instead of the weights
+        if s.conv_window is not None:
+            out = out + self.conv(v * m.to(v.dtype))  # (B, H, N, D): heads are the conv's channels
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- expectation
+
+
+def _scaled_collision(q: torch.Tensor, k: torch.Tensor, tau: int) -> torch.Tensor:
+    """π^τ · B = (π - arccos(q·k))^τ = arccos(-q·k)^τ: (..., M, D), (..., N, D) → (..., M, N).
+
+    Three passes over the (M, N) block after the matmul; the constant π^-τ is applied to (·, D) results
+    instead. The dot product is clamped into [-1, 1]: rounding can take a unit vector's dot product with
+    itself above 1, where arccos is NaN.
+    """
+    return (-q @ k.transpose(-1, -2)).clamp_(-1.0, 1.0).acos_().pow_(tau)
+
+
+def collision_probability(q: torch.Tensor, k: torch.Tensor, tau: int) -> torch.Tensor:
+    """B = (1 - arccos(q·k)/π)^τ for unit rows: (..., M, D), (..., N, D) → (..., M, N)."""
+    return _scaled_collision(q, k, tau).mul_(math.pi**-tau)
+
+
+def _row_chunks(shape: torch.Size):
+    """Slices of query rows such that a (B, H, rows, N) block stays within the scratch budget."""
+    b, h, n = shape[0], shape[1], shape[2]
+    step = max(1, _BUDGET // max(1, b * h * n))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def expectation_backward(q, k, v, key_mask, grad, tau):
+    """The paper's gradients of ``out = B (v ⊙ key_mask)`` for ``grad = ∂L/∂out``, in row chunks (no n×n tensor).
+
+    ``key_mask`` is (B, 1, N, 1). ∂L/∂v = Bᵀ g exactly; for q and k, ∂B/∂(q·k) is replaced by (τ/2) B (the
+    paper's bounded surrogate).
+    """
+    vm = v * key_mask  # masked keys: zero weight in every product below
+    gq, gk, gv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for rows in _row_chunks(q.shape):
+        p = _scaled_collision(q[:, :, rows], k, tau)  # (B, H, rows, N), π^τ B
+        g = grad[:, :, rows]
+        w = (g @ vm.transpose(-1, -2)).mul_(p)  # (B, H, rows, N)
+        gq[:, :, rows] = w @ k
+        gk += w.transpose(-1, -2) @ q[:, :, rows]
+        gv += p.transpose(-1, -2) @ g
+    scale = math.pi**-tau
+    return gq.mul_(scale * tau / 2), gk.mul_(scale * tau / 2), gv.mul_(key_mask).mul_(scale)
+
+
+class _Expectation(torch.autograd.Function):
+    """Σ_j B(q_i, k_j) v_j over unmasked keys (key_mask: (B, 1, N, 1)), with the paper's gradient.
+
+    Saves only q, k, v: the n×n weights are recomputed chunk by chunk in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, tau):
+        vm = v * key_mask
+        out = torch.empty_like(v)
+        for rows in _row_chunks(q.shape):
+            out[:, :, rows] = _scaled_collision(q[:, :, rows], k, tau) @ vm
+        ctx.save_for_backward(q, k, v, key_mask)
+        ctx.tau = tau
+        return out.mul_(math.pi**-tau)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, key_mask = ctx.saved_tensors
+        gq, gk, gv = expectation_backward(q, k, v, key_mask, grad.contiguous(), ctx.tau)
+        return gq, gk, gv, None, None
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+
+
+def _hadamard(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh–Hadamard transform over the last dimension (a power of two), x ↦ x H."""
+    n = x.shape[-1]
+    h = 1
+    while h < n:
+        x = x.reshape(*x.shape[:-1], n // (2 * h), 2, h)  # pairs (i, i + h) inside blocks of 2h
+        a, c = x[..., 0, :], x[..., 1, :]
+        x = torch.stack((a + c, a - c), dim=-2).reshape(*x.shape[:-3], n)
+        h *= 2
+    return x
+
+
+def projection(settings: YosoSettings, b: int, h: int, d: int, device, generator=None) -> torch.Tensor:
+    """Random directions of all hashes: (B, H, D, num_hash · τ); bit t of hash f is column f·τ + t.
+
+    Gaussian directions, or with ``use_fast_hash`` the paper's fast hash x ↦ ((x D₁ H) D₂ H) D₃ H (random ±1
+    diagonals D, Walsh–Hadamard H, head_dim zero-padded to a power of two d'). That map is linear, so it is
+    built once per call as a d'×d' matrix and applied with one matmul, which on CPU beats d' log d' butterflies
+    per token; each block of d' columns gives d' // τ hashes.
+    """
+    tau, nh = settings.hash_code_len, settings.num_hash
+    if not settings.use_fast_hash:
+        return torch.randn(b, h, d, nh * tau, generator=generator, device=device)
+    dp = 1 << max(d - 1, tau - 1, 1).bit_length()  # ≥ d and ≥ τ, power of two
+    per_part = dp // tau
+    parts = -(-nh // per_part)
+    signs = torch.randint(0, 2, (3, b, h, parts, dp, 1), generator=generator, device=device).float() * 2 - 1
+    hadamard = _hadamard(torch.eye(dp, device=device))
+    m = (signs[0] * hadamard) @ (signs[1] * hadamard) @ (signs[2] * hadamard)  # D₁H D₂H D₃H, (B, H, parts, d', d')
+    m = m[..., :d, : per_part * tau]  # zero padding of the input makes rows ≥ d irrelevant
+    return m.permute(0, 1, 3, 2, 4).reshape(b, h, d, parts * per_part * tau)[..., : nh * tau]
+
+
+def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """τ-bit codes of queries and keys under the same ``num_hash`` hashes: two (B, H, N, num_hash) int64.
+
+    The draws depend on batch size, heads and head_dim only, not on the length, so padding a batch never
+    changes the hashes of its real tokens.
+    """
+    b, h, _, d = q.shape
+    gen = None
+    if settings.seed is not None:
+        gen = torch.Generator(device=q.device).manual_seed(settings.seed)
+    r = projection(settings, b, h, d, q.device, gen).to(q.dtype)
+    tau, nh = settings.hash_code_len, settings.num_hash
+    # Bit t of hash f is worth 2^t: a block-diagonal (num_hash·τ, num_hash) matrix turns bits into codes in
+    # one matmul (exact in fp32 for τ ≤ 16), much faster than a reduction over a last dimension of size τ.
+    bit = torch.arange(nh * tau, device=q.device)
+    weights = torch.zeros(nh * tau, nh, device=q.device, dtype=q.dtype)
+    weights[bit, bit // tau] = (2.0 ** (bit % tau)).to(q.dtype)
+
+    def code(x):
+        return ((x @ r).gt_(0) @ weights).long()  # (B, H, N, num_hash); gt_ keeps the bits in float
+
+    return code(q), code(k)
+
+
+# ---------------------------------------------------------------------------------------------- LSH cumulation
+
+
+def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Tensor:
+    """Row of each (token, hash) in the stacked tables of hashes [first, last): (B·H·N, last - first).
+
+    Tables are laid out (hash, B·H, capacity): one contiguous slab per hash.
+    """
+    b, h, n, _ = codes.shape
+    bh = torch.arange(b * h, device=codes.device).view(b, h, 1, 1) * capacity
+    hashes = torch.arange(last - first, device=codes.device) * (b * h * capacity)
+    return (codes[..., first:last] + bh + hashes).reshape(b * h * n, last - first)
+
+
+def _table_rows(key_rows: torch.Tensor, query_rows: torch.Tensor, dense: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Table rows for keys and queries, and the table's length.
+
+    With more buckets than tokens (2^τ > n) most buckets are empty: the occupied ones are renumbered so that
+    tables stay O(n) whatever τ, and queries whose bucket holds no key read an extra row of zeros.
+    """
+    if dense <= key_rows.numel():
+        return key_rows, query_rows, dense
+    occupied, key_rows = torch.unique(key_rows, return_inverse=True)
+    found = torch.searchsorted(occupied, query_rows).clamp_(max=len(occupied) - 1)
+    query_rows = torch.where(occupied[found] == query_rows, found, len(occupied))
+    return key_rows, query_rows, len(occupied) + 1
+
+
+def _bucket_sums(rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``table[r] = Σ_p weights[p] · values[p // (rows.numel() / len(values))]`` over entries p with rows[p] = r.
+
+    ``rows`` is (M, k): k table rows per value row. Done as one sparse (num_rows × M) @ dense (M, E) product,
+    which runs far faster on CPU than ``index_add_`` or ``scatter_add_`` with the same result.
+    """
+    m, per = rows.shape
+    cols = torch.arange(m, device=rows.device).repeat_interleave(per)
+    if weights is None:
+        weights = values.new_ones(m * per)
+    indices = torch.stack((rows.reshape(-1), cols))
+    sparse = torch.sparse_coo_tensor(indices, weights.reshape(-1), (num_rows, m), check_invariants=False)
+    return torch.sparse.mm(sparse, values)
+
+
+def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Mean over hashes of Σ_{j: code_j = code_i} values_j: (B, H, N, E) for every query i.
+
+    One table of ``capacity`` buckets per hash (the sum of the values of the keys in each bucket), read at the
+    query codes (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor).
+    """
+    b, h, n, e = values.shape
+    nh = codes_k.shape[-1]
+    flat = values.reshape(b * h * n, e)
+    out = values.new_zeros(b * h * n, e)
+    group = max(1, _BUDGET // (b * h * capacity * e))
+    for first in range(0, nh, group):
+        last = min(nh, first + group)
+        key_rows, query_rows, num_rows = _table_rows(
+            _rows(codes_k, capacity, first, last), _rows(codes_q, capacity, first, last), (last - first) * b * h * capacity
+        )
+        table = _bucket_sums(key_rows, None, flat, num_rows)
+        out += F.embedding_bag(query_rows, table, mode="sum")
+    return (out / nh).view(b, h, n, e)
+
+
+def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: int) -> torch.Tensor:
+    """Mean over hashes of Σ_{j: code_j = code_i} (weight_q_i · weight_k_j) values_j, (B, H, N, E).
+
+    Each bucket holds Σ weight_k_j ⊗ values_j (a W×E table: W rows per bucket); a query reads the W rows of its
+    bucket contracted with its own weights (``embedding_bag`` with per-sample weights), in every hash. Hashes go
+    in groups so that tables stay within the scratch budget.
+    """
+    b, h, n, e = values.shape
+    w = weight_k.shape[-1]
+    per_head = min(capacity, n) * w * e  # table size of one head and hash
+    if b * h > 1 and b * h * per_head > _BUDGET:  # a few heads at a time: (B·H) as independent heads
+        step = max(1, _BUDGET // per_head)
+        parts = [x.reshape(1, b * h, n, x.shape[-1]) for x in (codes_q, weight_q, codes_k, weight_k, values)]
+        outs = [
+            weighted_cumulate(*(x[:, i : i + step] for x in parts), capacity) for i in range(0, b * h, step)
+        ]
+        return torch.cat(outs, dim=1).view(b, h, n, e)
+    nh = codes_k.shape[-1]
+    bh = b * h
+    out = values.new_zeros(bh * n, e)
+    group = max(1, _BUDGET // (bh * min(capacity, n) * w * max(e, n // capacity)))
+    sub = torch.arange(w, device=values.device)
+    flat = values.reshape(bh * n, e)
+    for first in range(0, nh, group):
+        hashes = min(nh, first + group) - first
+        key_rows, query_rows, buckets = _table_rows(
+            _rows(codes_k, capacity, first, first + hashes), _rows(codes_q, capacity, first, first + hashes), hashes * bh * capacity
+        )
+        key_rows = key_rows[..., None] * w + sub  # (B·H·N, hashes, W): the W rows of each bucket
+        key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w)
+        table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, buckets * w)
+        query_rows = query_rows[..., None] * w + sub
+        query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
+        out += F.embedding_bag(query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights)
+    return (out / nh).view(b, h, n, e)
+
+
+class _LSHCumulation(torch.autograd.Function):
+    """LSH estimate of Σ_j B(q_i, k_j) v_j; masked keys arrive with zero values and so add nothing."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, codes_q, codes_k, tau, lsh_backward):
+        capacity = 1 << tau
+        ctx.save_for_backward(q, k, v, mask, codes_q, codes_k)
+        ctx.tau, ctx.lsh_backward = tau, lsh_backward
+        return cumulate(codes_q, codes_k, v, capacity)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, mask, codes_q, codes_k = ctx.saved_tensors
+        tau = ctx.tau
+        g = grad.contiguous() * mask  # padded queries pass no gradient
+        if not ctx.lsh_backward:
+            gq, gk, gv = expectation_backward(q, k, v, mask, g, tau)
+            return gq, gk, gv, None, None, None, None, None
+        capacity = 1 << tau
+        gv = cumulate(codes_k, codes_q, g, capacity) * mask  # Σ_i c_ij g_i: the tables with roles swapped
+        gq = weighted_cumulate(codes_q, g, codes_k, v, k, capacity).mul_(tau / 2)
+        gk = weighted_cumulate(codes_k, v, codes_q, g, q, capacity).mul_(tau / 2)
+        return gq, gk, gv, None, None, None, None, None
