@@ -21,6 +21,7 @@ from longattn_cli.attention.base import (
 
 # Importing the modules registers them.
 from longattn_cli.attention import softmax  # noqa: E402,F401  isort: skip
+from longattn_cli.attention import lsg  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Attention",
