@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 
 from longattn_cli.attention import build_attention, make_settings
 from longattn_cli.checkpoints import load_model
 from longattn_cli.errors import UserError
-from longattn_cli.testing import tiny_reference
+from longattn_cli.testing import tiny_lsg_checkpoint, tiny_reference
 
 DETERMINISTIC = ["norm", "pooling", "bos_pooling", "stride", "block_stride", "none"]
 
@@ -234,23 +233,6 @@ def test_bad_settings(values, pattern):
 # output onto the first token.
 # ---------------------------------------------------------------------------------------------------------
 
-LSG_MAP = {
-    "AutoModel": "modeling_lsg_roberta.LSGRobertaModel",
-    "AutoModelForMaskedLM": "modeling_lsg_roberta.LSGRobertaForMaskedLM",
-}
-
-
-def make_lsg_checkpoint(directory, tok_dir, **lsg):
-    ref = tiny_reference("roberta", directory, "ForMaskedLM", tokenizer_dir=tok_dir)
-    cfg = json.loads((directory / "config.json").read_text())
-    cfg.update(auto_map=LSG_MAP, architectures=["LSGRobertaForMaskedLM"], base_model_prefix="lsg", **lsg)
-    (directory / "config.json").write_text(json.dumps(cfg))
-    state = load_file(directory / "model.safetensors")
-    state["roberta.embeddings.global_embeddings.weight"] = torch.randn(512, cfg["hidden_size"], generator=torch.Generator().manual_seed(3))
-    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
-    return ref, state["roberta.embeddings.global_embeddings.weight"]
-
-
 def ref_lsg_model(ref, global_table, s, ids, attention_mask):
     r = ref.roberta
     pad = ref.config.pad_token_id
@@ -287,7 +269,7 @@ def test_published_lsg_checkpoint_matches_reference(lsg, tmp_path, bpe_dir):
     from transformers import AutoTokenizer
 
     lsg = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, num_global_tokens=2, adaptive=True, mask_first_token=False, pool_with_global=True) | lsg
-    ref, table = make_lsg_checkpoint(tmp_path, bpe_dir, **lsg)
+    ref, table = tiny_lsg_checkpoint(tmp_path, bpe_dir, **lsg)
     ours = load_model(str(tmp_path))
     assert ours.config.attention == "lsg"
     assert ours.config.attention_settings["sparsity_type"] == lsg["sparsity_type"]
