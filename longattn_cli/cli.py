@@ -95,6 +95,9 @@ def convert_cmd(
         flag = "--" + next(iter(given)).replace("_", "-")
         raise UserError(f"{flag} is an LSG setting; it needs --attention lsg (got --attention {attention})")
     values.update(given)
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # transformers' "Writing model shards" bar would break the status line
     console = Console(stderr=True)
     with console.status(f"converting {source} to {max_length} tokens with {attention} attention..."):
         path, src, model, tok = convert.convert(

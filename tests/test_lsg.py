@@ -90,12 +90,10 @@ def ref_lsg(q, k, v, mask, s):
         allowed[:g, : g + lp] = True  # global queries: every token
         allowed[g:, :g] = True  # every query: the globals
         allowed[g:, g : g + lp] = (blocks[:, None] - blocks[None, :]).abs() <= 1  # previous, own, next block
-        p = torch.arange(len(ck))
-        for i in range(lp):
-            bi = i // bs
-            left = ((bi - 1) * step - sbs <= p) & (p < (bi - 1) * step)
-            right = ((bi + 2) * step <= p) & (p < (bi + 2) * step + sbs)
-            allowed[g + i, g + lp :] = left | right
+        p, bi = torch.arange(len(ck))[None, :], blocks[:, None]  # compressed position, query's block
+        left = ((bi - 1) * step - sbs <= p) & (p < (bi - 1) * step)  # the sbs just before the local window
+        right = ((bi + 2) * step <= p) & (p < (bi + 2) * step + sbs)  # the sbs just after it
+        allowed[g:, g + lp :] = left | right
         scores = (q[hd] @ keys.T / math.sqrt(d)).masked_fill(~(allowed & real), float("-inf"))
         out[hd] = scores.softmax(-1) @ values
     return out[:, : g + length]

@@ -15,6 +15,9 @@ queries; each block attends to (paper fig. 1)
 Inputs of at most two blocks (plus the globals) use full attention. Cost and memory are linear in the length:
 the widest tensor is ``(B, H, blocks, block_size, keys per block)``.
 
+Where ``block_size / sparsity_factor`` is 1 the published code's right sparse window overlaps the local window
+(and for other odd ratios it fails); here the windows sit just outside the local one for every setting.
+
 Rows are right-aligned internally (real tokens first), so left padding and padding in the middle see the same
 blocks as the unpadded input, and padding never changes the output at real tokens.
 """
