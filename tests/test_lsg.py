@@ -296,3 +296,25 @@ def test_dense_checkpoint_with_lsg_attention_points_to_convert(tmp_path, bpe_dir
     tiny_reference("roberta", tmp_path, "ForMaskedLM", tokenizer_dir=bpe_dir)
     with pytest.raises(UserError, match="no global token embeddings.*longattn convert"):
         load_model(str(tmp_path), attention="lsg")
+
+
+@pytest.mark.parametrize("kind", ["norm", "bos_pooling"])
+def test_lsg_model_left_and_right_padding(kind):
+    from longattn_cli.modeling import LongAttnConfig, LongAttnForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = LongAttnConfig(
+        vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+        max_position_embeddings=80, attention="lsg",
+        attention_settings=settings(sparsity_type=kind, mask_first_token=True, num_global_tokens=2),
+    )
+    model = LongAttnForMaskedLM(cfg).eval()
+    ids = torch.randint(5, 90, (1, 27))
+    pad = torch.full((1, 9), 1)
+    ones, zeros = torch.ones(1, 27), torch.zeros(1, 9)
+    with torch.no_grad():
+        alone = model(ids).logits
+        right = model(torch.cat([ids, pad], 1), attention_mask=torch.cat([ones, zeros], 1)).logits
+        left = model(torch.cat([pad, ids], 1), attention_mask=torch.cat([zeros, ones], 1)).logits
+    assert_close(right[:, :27], alone, rtol=1e-5, atol=1e-5)
+    assert_close(left[:, 9:], alone, rtol=1e-5, atol=1e-5)

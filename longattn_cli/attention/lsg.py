@@ -137,8 +137,8 @@ class LSGAttention(Attention):
         mask[torch.arange(mask.shape[0], device=mask.device), first] = False
         return mask
 
-    def _full(self, q, k, v, mask, p=None):
-        p = (self.dropout if self.training else 0.0) if p is None else p
+    def _full(self, q, k, v, mask):
+        p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=p)
 
     def _lsg(self, q, k, v, mask):
@@ -171,7 +171,7 @@ class LSGAttention(Attention):
         k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
         m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
         out = F.scaled_dot_product_attention(q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p)
-        return torch.cat([global_out, out.view(b, h, blocks * bs, d)[:, :, :length]], dim=2)
+        return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
 
     def _per_block(self, x, xg, sparse):
         """What every block attends to, written once into one tensor (B, H, nb, K, D):
