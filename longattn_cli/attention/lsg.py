@@ -155,16 +155,19 @@ class LSGAttention(Attention):
             )
         global_out = self._full(q[:, :, :g], k, v, mask)  # (B, H, G, D): global queries see everything
         qg, kg, vg = q[:, :, :g], k[:, :, :g], v[:, :, :g]
-        q, k, v = (F.pad(x[:, :, g:], (0, 0, 0, pad)) for x in (q, k, v))  # (B, H, L, D), L = nb·bs
-        m = F.pad(mask[:, g:], (0, pad))[:, None, :, None]  # (B, 1, L, 1), padding masked
         blocks = (length + pad) // bs
+        q = F.pad(q[:, :, g:], (0, 0, 0, pad))  # (B, H, L, D), L = nb·bs
+        # Keys, values and mask with one masked zero block on each side (the neighbours of the end blocks).
+        kp, vp = (F.pad(x[:, :, g:], (0, 0, bs, bs + pad)) for x in (k, v))  # (B, H, L + 2bs, D)
+        mp = F.pad(mask[:, g:], (bs, bs + pad))[:, None, :, None]  # (B, 1, L + 2bs, 1)
         sk, sv, sm = (), (), ()
         if s.uses_sparse:
-            ks, vs, ms = self._compress(qg, k, v, m[:, 0, :, 0])  # (B, H, L/f, D), mask (B, H or 1, L/f)
+            real = slice(bs, bs + blocks * bs)
+            ks, vs, ms = self._compress(qg, kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0])  # (B, H, L/f, D)
             sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
-        keys = self._per_block(k, kg, sk)  # (B, H, nb, K, D)
-        values = self._per_block(v, vg, sv)
-        masks = self._per_block(m, torch.ones_like(m[:, :, :g]), sm)[..., 0]  # (B, 1 or H, nb, K)
+        keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
+        values = self._per_block(vp, vg, sv)
+        masks = self._per_block(mp, torch.ones_like(mp[:, :, :g]), sm)[..., 0]  # (B, 1 or H, nb, K)
         p = self.dropout if self.training else 0.0
         # Blocks folded into the head axis: 4-D inputs take torch's fused kernels (5-D ones fall back to
         # the math path, 3-4x slower on CPU).
@@ -173,29 +176,20 @@ class LSGAttention(Attention):
         out = F.scaled_dot_product_attention(q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p)
         return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
 
-    def _per_block(self, x, xg, sparse):
-        """What every block attends to, written once into one tensor (B, H, nb, K, D):
-        globals | sparse windows (left, right) | previous, own and next block (zeros beyond the ends).
+    def _per_block(self, xp, xg, sparse):
+        """What every block attends to, as one tensor (B, H, nb, K, D): globals | sparse windows (left,
+        right) | previous, own and next block. ``xp`` is padded with one zero block at each end.
 
-        Works for keys, values and masks (as (B, 1 or H, L, 1) bool, where the zeros mean "masked").
+        One ``cat`` of views writes it (in-place slice writes would cost a full copy each in backward). Works
+        for keys, values and masks (as (B, 1 or H, L, 1) bool, the zeros meaning "masked").
         """
-        b, h, n, d = x.shape
+        b, h, n, d = xp.shape
         bs = self.settings.block_size
-        nb, g = n // bs, xg.shape[2]
+        nb, g = n // bs - 2, xg.shape[2]
         h = max(h, *(p.shape[1] for p in sparse)) if sparse else h
-        out = x.new_empty(b, h, nb, g + sum(p.shape[3] for p in sparse) + 3 * bs, d)
-        out[:, :, :, :g] = xg[:, :, None]
-        o = g
-        for part in sparse:
-            out[:, :, :, o : o + part.shape[3]] = part
-            o += part.shape[3]
-        xb = x.unflatten(2, (nb, bs))  # (B, H, nb, bs, D)
-        out[:, :, 1:, o : o + bs] = xb[:, :, :-1]  # previous block
-        out[:, :, :1, o : o + bs] = 0
-        out[:, :, :, o + bs : o + 2 * bs] = xb
-        out[:, :, :-1, o + 2 * bs :] = xb[:, :, 1:]  # next block
-        out[:, :, -1:, o + 2 * bs :] = 0
-        return out
+        xb = xp.unflatten(2, (nb + 2, bs))  # (B, H, nb + 2, bs, D)
+        parts = [xg[:, :, None].expand(b, h, nb, g, d), *sparse, xb[:, :, :-2], xb[:, :, 1:-1], xb[:, :, 2:]]
+        return torch.cat([x.expand(b, h, nb, -1, d) for x in parts], dim=3)
 
     def _sparse_windows(self, x):
         """For block i, the ``sparse_block_size`` compressed tokens just left and right of its local window,
