@@ -75,7 +75,7 @@ def common_config(src: dict[str, Any], **overrides) -> dict[str, Any]:
 def bert_style_body(prefix: str, num_layers: int) -> dict[str, str]:
     """The embedding and encoder keys shared by BERT, RoBERTa, YOSO and Nyströmformer checkpoints."""
     m = {}
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "global_embeddings"):
         m[f"{prefix}.embeddings.{name}.weight"] = f"longattn.embeddings.{name}.weight"
     for t in ("weight", "bias"):
         m[f"{prefix}.embeddings.LayerNorm.{t}"] = f"longattn.embeddings.layer_norm.{t}"
@@ -145,14 +145,52 @@ def _check_absolute(src: dict[str, Any]) -> None:
         raise UserError(f"position_embedding_type={kind!r} is not supported; only 'absolute' position embeddings are")
 
 
+# Fields of the published LSG configs (ccdv/lsg-base-4096 and the lsg-converter's output), also our settings.
+LSG_FIELDS = (
+    "block_size",
+    "sparse_block_size",
+    "sparsity_factor",
+    "sparsity_type",
+    "num_global_tokens",
+    "adaptive",
+    "mask_first_token",
+    "pool_with_global",
+    "lsh_num_pre_rounds",
+)
+
+
+def lsg_attention(src: dict[str, Any]) -> dict[str, Any]:
+    """``{"attention": "lsg", "attention_settings": ...}`` for an LSG checkpoint in RoBERTa/BERT format, else {}.
+
+    Such a checkpoint says ``model_type: roberta`` (or bert...) and runs LSG only through its remote code
+    (``auto_map``); read as a plain RoBERTa it would silently be dense. Other remote model code is refused.
+    """
+    models = {k: v for k, v in (src.get("auto_map") or {}).items() if k.startswith("AutoModel")}
+    names = " ".join(str(v) for v in models.values()) + " " + " ".join(src.get("architectures") or [])
+    if "LSG" not in names and not any(k in src for k in ("sparsity_type", "num_global_tokens")):
+        if models:
+            raise UserError(
+                f"the config maps to custom model code ({next(iter(models.values()))}) that longattn does not know; "
+                "supported remote-code checkpoints: LSG (auto_map to modeling_lsg_*)"
+            )
+        return {}
+    settings = {k: src[k] for k in LSG_FIELDS if k in src}
+    # The published LSG config corrects these silently at load time; do as it does so outputs match.
+    if "num_global_tokens" in settings:
+        settings["num_global_tokens"] = min(max(int(settings["num_global_tokens"]), 1), 512)
+    if settings.get("mask_first_token"):
+        settings["pool_with_global"] = True
+    return {"attention": "lsg", "attention_settings": settings}
+
+
 def _roberta_config(src: dict[str, Any]) -> dict[str, Any]:
     _check_absolute(src)
-    return common_config(src, position_offset=src.get("pad_token_id", 1) + 1)
+    return common_config(src, position_offset=src.get("pad_token_id", 1) + 1, **lsg_attention(src))
 
 
 def _bert_config(src: dict[str, Any]) -> dict[str, Any]:
     _check_absolute(src)
-    return common_config(src, position_offset=0, pad_token_id=src.get("pad_token_id", 0))
+    return common_config(src, position_offset=0, pad_token_id=src.get("pad_token_id", 0), **lsg_attention(src))
 
 
 # transformers' YosoConfig defaults, for config.json files that leave a field out.
@@ -346,6 +384,7 @@ def load_model(
     if src.get("model_type") == "longattn":
         state = _retarget_own(state, head)
     else:
+        state = _fit_global_embeddings(state, config.num_global_tokens)
         importer = IMPORTERS[src["model_type"]]
         mapping = importer.key_map(src, list(state))
         mapped = {}
@@ -357,6 +396,21 @@ def load_model(
         state = mapped if head != "base" else {k.removeprefix("longattn."): v for k, v in mapped.items()}
     _load_into(model, state, source)
     return model.eval()
+
+
+def _fit_global_embeddings(state: dict[str, torch.Tensor], num_global: int) -> dict[str, torch.Tensor]:
+    """Published LSG checkpoints store a 512-row global table of which the first ``num_global_tokens`` rows
+    are used; keep those (or drop the table when the chosen attention has no global tokens)."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("embeddings.global_embeddings.weight"):
+            if not num_global:
+                continue
+            if v.shape[0] < num_global:
+                raise UserError(f"{k} has {v.shape[0]} rows but num_global_tokens={num_global}")
+            v = v[:num_global]
+        out[k] = v
+    return out
 
 
 def _retarget_own(state: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
@@ -376,6 +430,11 @@ def _load_into(model, state: dict[str, torch.Tensor], source: str) -> None:
     result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     missing = [k for k in result.missing_keys if k not in tied]
     body_missing = [k for k in missing if k.startswith(("longattn.", "embeddings.", "layers."))]
+    if any(k.endswith("global_embeddings.weight") for k in body_missing):
+        raise UserError(
+            f"{source} has no global token embeddings, which LSG attention needs; make an LSG model from it "
+            f"with `longattn convert {source} --attention lsg`"
+        )
     if body_missing:
         raise UserError(f"{source}: the checkpoint lacks encoder weights, e.g. {body_missing[0]}")
     if model.config.tie_word_embeddings:

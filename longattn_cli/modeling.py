@@ -265,7 +265,27 @@ class LongAttnModel(LongAttnPreTrainedModel):
                 x = layer(x, mask)
             if hidden is not None:
                 hidden.append(x[:, g:])
+        if g and self.config.attention_settings.get("pool_with_global"):
+            x = pool_with_global(x, mask, g)
+            if hidden is not None:
+                hidden[-1] = x[:, g:]
         return BaseModelOutput(last_hidden_state=x[:, g:], hidden_states=tuple(hidden) if hidden else None)
+
+
+def pool_with_global(x: torch.Tensor, mask: torch.Tensor, g: int) -> torch.Tensor:
+    """LSG's ``pool_with_global``: the output at each row's first real token becomes the first global token's.
+
+    Args:
+        x: (B, G + N, C) final hidden states, global tokens first.
+        mask: (B, G + N) bool, True = real token.
+        g: number of global tokens.
+    """
+    first = g + mask[:, g:].int().argmax(dim=1)  # first real token of each row (left padding included)
+    rows = torch.arange(x.shape[0], device=x.device)
+    pooled = x[:, 0].clone()
+    x = x.clone()
+    x[rows, first] = pooled
+    return x
 
 
 class LongAttnLMHead(nn.Module):

@@ -104,3 +104,34 @@ def tiny_reference(family: str, out_dir: str | Path, head: str = "ForMaskedLM", 
             if f.is_file() and f.name != "config.json":
                 shutil.copy(f, Path(out_dir) / f.name)
     return model
+
+
+LSG_AUTO_MAP = {
+    "AutoModel": "modeling_lsg_roberta.LSGRobertaModel",
+    "AutoModelForMaskedLM": "modeling_lsg_roberta.LSGRobertaForMaskedLM",
+}
+
+
+def tiny_lsg_checkpoint(out_dir: str | Path, tokenizer_dir: str | Path | None = None, seed: int = 0, **lsg):
+    """A tiny checkpoint in the published LSG format (``ccdv/lsg-base-4096``): a RoBERTa config with
+    ``auto_map`` and the LSG fields ``lsg``, and RoBERTa weights plus a 512-row
+    ``roberta.embeddings.global_embeddings.weight``.
+
+    Returns:
+        ``(reference RobertaForMaskedLM on the same weights, the 512-row global table)``.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out_dir = Path(out_dir)
+    ref = tiny_reference("roberta", out_dir, "ForMaskedLM", tokenizer_dir=tokenizer_dir, seed=seed)
+    cfg = json.loads((out_dir / "config.json").read_text())
+    cfg.update(auto_map=LSG_AUTO_MAP, architectures=["LSGRobertaForMaskedLM"], base_model_prefix="lsg", **lsg)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    state = load_file(out_dir / "model.safetensors")
+    table = torch.randn(512, cfg["hidden_size"], generator=torch.Generator().manual_seed(seed + 3))
+    state["roberta.embeddings.global_embeddings.weight"] = table
+    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    return ref, table

@@ -24,6 +24,9 @@ from longattn_cli.attention import softmax  # noqa: E402,F401  isort: skip
 from longattn_cli.attention import nystrom  # noqa: E402,F401  isort: skip
 from longattn_cli.attention import yoso  # noqa: E402,F401  isort: skip
 
+
+from longattn_cli.attention import lsg  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "Attention",
     "AttentionSettings",

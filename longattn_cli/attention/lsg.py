@@ -1,0 +1,305 @@
+"""LSG attention: local blocks, sparse compressed tokens and global tokens (Condevaux & Harispe, arXiv 2210.15497).
+
+The sequence the mechanism receives starts with ``num_global_tokens`` learned global tokens (the encoder
+prepends them). Global queries attend to every key. The other tokens are cut into blocks of ``block_size``
+queries; each block attends to (paper fig. 1)
+
+* the global tokens,
+* its local window: the previous, its own and the next block (``3 * block_size`` keys),
+* ``sparse_block_size`` compressed tokens on each side just outside that window. The compressed sequence has
+  one token per ``sparsity_factor`` tokens, built by ``sparsity_type`` (paper sec. 3.2): ``norm`` keeps the
+  keys of largest norm in each chunk, ``pooling`` averages, ``bos_pooling`` averages weighted by the first
+  global token's attention, ``stride`` / ``block_stride`` keep every f-th token (a different offset per head),
+  ``lsh`` sums keys hashed into the same bucket, ``none`` uses no compressed tokens.
+
+Inputs of at most two blocks (plus the globals) use full attention. Cost and memory are linear in the length:
+the widest tensor is ``(B, H, blocks, block_size, keys per block)``.
+
+Where ``block_size / sparsity_factor`` is 1 the published code's right sparse window overlaps the local window
+(and for other odd ratios it fails); here the windows sit just outside the local one for every setting.
+
+Rows are right-aligned internally (real tokens first), so left padding and padding in the middle see the same
+blocks as the unpadded input, and padding never changes the output at real tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from longattn_cli.attention.base import Attention, AttentionSettings, register
+from longattn_cli.errors import UserError
+
+SPARSITY_TYPES = ("norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling", "none")
+
+
+@dataclasses.dataclass
+class LSGSettings(AttentionSettings):
+    """Settings of LSG attention, named as in the published LSG configs.
+
+    Attributes:
+        block_size: queries per local block; each block sees its neighbours (3 blocks of keys).
+        sparse_block_size: compressed tokens attended on each side of the local window (0: none).
+        sparsity_factor: tokens per compressed token; must divide ``block_size``.
+        sparsity_type: how tokens are compressed, one of ``SPARSITY_TYPES``.
+        num_global_tokens: learned global tokens the encoder prepends (1 to 512).
+        adaptive: pad the input to a multiple of ``block_size`` (masked); without it, lengths above two
+            blocks must be multiples of ``block_size``.
+        mask_first_token: hide the first real token (BOS/CLS) as a key, since the first global token
+            plays its role.
+        pool_with_global: the encoder's output at the first real token is the first global token's.
+        lsh_num_pre_rounds: hashing rounds before the final one (``lsh`` only).
+    """
+
+    block_size: int = 128
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str = "norm"
+    num_global_tokens: int = 1
+    adaptive: bool = True
+    mask_first_token: bool = False
+    pool_with_global: bool = True
+    lsh_num_pre_rounds: int = 1
+
+    def __post_init__(self):
+        if self.sparsity_type is None:  # published configs write null for "no sparse tokens"
+            self.sparsity_type = "none"
+        if self.sparsity_type not in SPARSITY_TYPES:
+            raise ValueError(f"sparsity_type={self.sparsity_type!r} is not one of {', '.join(SPARSITY_TYPES)}")
+        for name in ("block_size", "sparsity_factor"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(self.sparse_block_size, int) or self.sparse_block_size < 0:
+            raise ValueError(f"sparse_block_size={self.sparse_block_size!r} must be an integer >= 0")
+        if self.block_size % self.sparsity_factor:
+            raise ValueError(
+                f"block_size={self.block_size} is not divisible by sparsity_factor={self.sparsity_factor}"
+            )
+        if not isinstance(self.num_global_tokens, int) or not 1 <= self.num_global_tokens <= 512:
+            raise ValueError(f"num_global_tokens={self.num_global_tokens!r} must be between 1 and 512")
+        if self.lsh_num_pre_rounds < 0:
+            raise ValueError(f"lsh_num_pre_rounds={self.lsh_num_pre_rounds} must be >= 0")
+        if self.mask_first_token and not self.pool_with_global:
+            raise ValueError("mask_first_token=True needs pool_with_global=True (the first token's output comes from the global token)")
+        chunk = min(self.block_size, self.sparse_block_size)
+        if self.sparsity_type in ("norm", "lsh") and chunk and (self.block_size % chunk or chunk % self.sparsity_factor):
+            raise ValueError(
+                f"sparsity_type={self.sparsity_type!r} compresses chunks of min(block_size, sparse_block_size)={chunk} "
+                f"tokens, which must divide block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}"
+            )
+
+    @property
+    def uses_sparse(self) -> bool:
+        return self.sparsity_type != "none" and self.sparse_block_size > 0
+
+
+@register
+class LSGAttention(Attention):
+    """Local + sparse + global attention; see the module docstring."""
+
+    name = "lsg"
+    Settings = LSGSettings
+
+    @classmethod
+    def benchmark_variants(cls):
+        base = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, num_global_tokens=1)
+        kinds = ("norm", "bos_pooling", "pooling", "stride", "block_stride")
+        return {f"lsg-{k}": {**base, "sparsity_type": k} for k in kinds}
+
+    def forward(self, q, k, v, mask):
+        s = self.settings
+        b, _, n, _ = q.shape
+        g = s.num_global_tokens
+        if n <= g:
+            raise UserError(f"LSG needs at least {g + 1} tokens (num_global_tokens={g} included), got {n}")
+        mask = torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask
+        if n - g <= 2 * s.block_size:  # the local window already covers every token
+            return self._full(q, k, v, self._hide_first(mask))
+        order = _right_align_order(mask[:, g:])
+        if order is None:
+            return self._lsg(q, k, v, self._hide_first(mask))
+        # Real tokens first, in their order: blocks then start at the first real token, as without padding.
+        idx = torch.cat([torch.arange(g, device=q.device).expand(b, g), order + g], dim=1)  # (B, N)
+        q, k, v = (_take(x, idx) for x in (q, k, v))
+        out = self._lsg(q, k, v, self._hide_first(mask.gather(1, idx)))
+        return torch.empty_like(out).scatter_(2, idx[:, None, :, None].expand_as(out), out)
+
+    def _hide_first(self, mask):
+        """``mask_first_token``: the first real token after the globals stops being a key (its query stays)."""
+        if not self.settings.mask_first_token:
+            return mask
+        g = self.settings.num_global_tokens
+        first = g + mask[:, g:].int().argmax(dim=1)
+        mask = mask.clone()
+        mask[torch.arange(mask.shape[0], device=mask.device), first] = False
+        return mask
+
+    def _full(self, q, k, v, mask):
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=p)
+
+    def _lsg(self, q, k, v, mask):
+        """Block attention on right-aligned rows longer than two blocks."""
+        s = self.settings
+        g, bs = s.num_global_tokens, s.block_size
+        b, h, n, d = q.shape
+        length = n - g
+        pad = -length % bs
+        if pad and not s.adaptive:
+            raise UserError(
+                f"LSG with adaptive=false needs a length that is a multiple of block_size={bs} (got {length} tokens "
+                "after the global ones); set adaptive=true or pad the input"
+            )
+        global_out = self._full(q[:, :, :g], k, v, mask)  # (B, H, G, D): global queries see everything
+        qg, kg, vg = q[:, :, :g], k[:, :, :g], v[:, :, :g]
+        blocks = (length + pad) // bs
+        q = F.pad(q[:, :, g:], (0, 0, 0, pad))  # (B, H, L, D), L = nb·bs
+        # Keys, values and mask with one masked zero block on each side (the neighbours of the end blocks).
+        kp, vp = (F.pad(x[:, :, g:], (0, 0, bs, bs + pad)) for x in (k, v))  # (B, H, L + 2bs, D)
+        mp = F.pad(mask[:, g:], (bs, bs + pad))[:, None, :, None]  # (B, 1, L + 2bs, 1)
+        sk, sv, sm = (), (), ()
+        if s.uses_sparse:
+            real = slice(bs, bs + blocks * bs)
+            ks, vs, ms = self._compress(qg, kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0])  # (B, H, L/f, D)
+            sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
+        keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
+        values = self._per_block(vp, vg, sv)
+        masks = self._per_block(mp, torch.ones_like(mp[:, :, :g]), sm)[..., 0]  # (B, 1 or H, nb, K)
+        p = self.dropout if self.training else 0.0
+        # Blocks folded into the head axis: 4-D inputs take torch's fused kernels (5-D ones fall back to
+        # the math path, 3-4x slower on CPU).
+        k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
+        m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
+        out = F.scaled_dot_product_attention(q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p)
+        return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
+
+    def _per_block(self, xp, xg, sparse):
+        """What every block attends to, as one tensor (B, H, nb, K, D): globals | sparse windows (left,
+        right) | previous, own and next block. ``xp`` is padded with one zero block at each end.
+
+        One ``cat`` of views writes it (in-place slice writes would cost a full copy each in backward). Works
+        for keys, values and masks (as (B, 1 or H, L, 1) bool, the zeros meaning "masked").
+        """
+        b, h, n, d = xp.shape
+        bs = self.settings.block_size
+        nb, g = n // bs - 2, xg.shape[2]
+        h = max(h, *(p.shape[1] for p in sparse)) if sparse else h
+        xb = xp.unflatten(2, (nb + 2, bs))  # (B, H, nb + 2, bs, D)
+        parts = [xg[:, :, None].expand(b, h, nb, g, d), *sparse, xb[:, :, :-2], xb[:, :, 1:-1], xb[:, :, 2:]]
+        return torch.cat([x.expand(b, h, nb, -1, d) for x in parts], dim=3)
+
+    def _sparse_windows(self, x):
+        """For block i, the ``sparse_block_size`` compressed tokens just left and right of its local window,
+        as two views (B, H, nb, sbs, D).
+
+        In compressed coordinates (step = block_size / sparsity_factor per block) the local window of block i
+        is [(i-1)·step, (i+2)·step); the left part is the ``sbs`` tokens before it, the right part the ``sbs``
+        after it. One unfold of width ``2·sbs + 3·step`` holds both, at its two ends.
+        """
+        s = self.settings
+        sbs, step = s.sparse_block_size, s.block_size // s.sparsity_factor
+        width = 2 * sbs + 3 * step
+        w = _windows(F.pad(x, (0, 0, sbs + step, sbs + step)), width, step)  # (B, H, nb, width, D)
+        return w[..., :sbs, :], w[..., width - sbs :, :]
+
+    def _compress(self, qg, k, v, m):
+        """The compressed sequence: one token per ``sparsity_factor`` tokens (paper sec. 3.2)."""
+        s = self.settings
+        f = s.sparsity_factor
+        if f == 1:
+            return k, v, m[:, None]
+        b, h, n, d = k.shape
+        kind = s.sparsity_type
+        if kind == "norm":
+            return _norm_select(k, v, m, min(s.block_size, s.sparse_block_size), f)
+        if kind == "pooling":
+            w = m.view(b, 1, n // f, f, 1).to(k.dtype)  # average of the real tokens of each group
+            count = w.sum(dim=3)
+            ks, vs = ((x.view(b, h, n // f, f, d) * w).sum(3) / count.clamp(min=1) for x in (k, v))
+            return ks, vs, (count[..., 0] > 0)
+        if kind == "bos_pooling":
+            # Each group is averaged with the weights the first global query gives its keys (softmax within it).
+            scores = (qg[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(d)).view(b, h, n // f, f)
+            mg = m.view(b, 1, n // f, f)
+            w = scores.masked_fill(~mg, torch.finfo(scores.dtype).min).softmax(dim=-1)[..., None, :]
+            ks, vs = ((w @ x.view(b, h, n // f, f, d)).squeeze(3) for x in (k, v))
+            return ks, vs, mg.any(dim=-1)
+        if kind in ("stride", "block_stride"):
+            idx = _stride_index(kind, n, h, f, s.block_size, k.device)  # (H, L/f) token per compressed slot
+            ks, vs = (x.gather(2, idx[None, :, :, None].expand(b, h, -1, d)) for x in (k, v))
+            return ks, vs, m[:, idx]  # (B, H, L/f)
+        return _lsh_compress(k, v, m, min(s.block_size, s.sparse_block_size), f, s.lsh_num_pre_rounds)
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, D) reordered along N by idx (B, N)."""
+    return x.gather(2, idx[:, None, :, None].expand_as(x))
+
+
+def _right_align_order(mask: torch.Tensor) -> torch.Tensor | None:
+    """None when every row is already real-then-padding; else the stable order putting real tokens first."""
+    if bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return None
+    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+
+
+def _windows(x: torch.Tensor, size: int, step: int) -> torch.Tensor:
+    """Overlapping windows along the length: (B, H, L, D) → (B, H, windows, size, D)."""
+    return x.unfold(2, size, step).transpose(-1, -2)
+
+
+def _norm_select(k, v, m, chunk, f):
+    """Per chunk of ``chunk`` keys, the ``chunk / f`` keys of largest norm (padding counts as norm 0),
+    in increasing norm as in the published code."""
+    b, h, n, d = k.shape
+    with torch.no_grad():
+        norms = k.detach().norm(dim=-1) * m[:, None]  # (B, H, L)
+        order = norms.view(b, h, n // chunk, chunk).argsort(dim=-1, stable=True)[..., -(chunk // f) :]
+        idx = (order + torch.arange(0, n, chunk, device=k.device)[:, None]).reshape(b, h, -1)  # (B, H, L/f)
+    ks, vs = (x.gather(2, idx[..., None].expand(-1, -1, -1, d)) for x in (k, v))
+    return ks, vs, m[:, None].expand(b, h, n).gather(2, idx)
+
+
+def _stride_index(kind: str, n: int, h: int, f: int, block: int, device) -> torch.Tensor:
+    """Token kept in each compressed slot, per head: ``stride`` takes every f-th token from offset
+    ``head % f``; ``block_stride`` takes, in each block, the contiguous ``block / f`` tokens starting at
+    ``head · block / f`` (mod block)."""
+    heads = torch.arange(h, device=device)[:, None]
+    if kind == "stride":
+        return torch.arange(0, n, f, device=device)[None] + heads % f  # (H, L/f)
+    step = block // f
+    within = (torch.arange(step, device=device)[None] + heads * step) % block  # (H, step)
+    starts = torch.arange(0, n, block, device=device)  # (L/block,)
+    return (starts[None, :, None] + within[:, None, :]).reshape(h, -1)
+
+
+def _lsh_compress(k, v, m, chunk, f, pre_rounds):
+    """Per chunk, keys (and values) hashed to the same bucket by random projections are summed, then
+    averaged; ``pre_rounds`` rounds into ``chunk`` buckets come before the final one into ``chunk / f``."""
+    b, h, n, d = k.shape
+    w = m.view(b, 1, n // chunk, chunk, 1).to(k.dtype)
+    k, v = k.view(b, h, n // chunk, chunk, d) * w, v.view(b, h, n // chunk, chunk, d) * w
+    count = w.expand(b, h, -1, -1, -1)
+    for size in [chunk] * pre_rounds + [chunk // f]:
+        k, v, count = _lsh_round(k, v, count, size)
+    ks, vs = k / count.clamp(min=1e-8), v / count.clamp(min=1e-8)
+    return ks.reshape(b, h, -1, d), vs.reshape(b, h, -1, d), (count.reshape(b, h, -1) > 0)
+
+
+def _lsh_round(k, v, count, buckets):
+    b, h, c, t, d = k.shape
+    with torch.no_grad():  # bucket = argmax of [xR, -xR] over buckets/2 random directions R
+        if buckets < 2:
+            code = torch.zeros(b, h, c, t, 1, dtype=torch.long, device=k.device)
+        else:
+            planes = torch.randn(1, h, 1, d, buckets // 2, device=k.device, dtype=k.dtype)
+            proj = (F.normalize(k, dim=-1) * (count > 0)) @ planes  # (B, H, C, T, buckets/2)
+            code = torch.cat([proj, -proj], dim=-1).argmax(dim=-1, keepdim=True)  # (B, H, C, T, 1)
+    zeros = k.new_zeros(b, h, c, buckets, d)
+    k2 = zeros.scatter_add(3, code.expand(-1, -1, -1, -1, d), k)
+    v2 = zeros.scatter_add(3, code.expand(-1, -1, -1, -1, d), v)
+    count2 = count.new_zeros(b, h, c, buckets, 1).scatter_add(3, code, count)
+    return k2, v2, count2
