@@ -58,8 +58,14 @@ RESUME_HELP = "Continue from 'latest' (the newest checkpoint in the output direc
 
 
 def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: str | None, show: bool) -> None:
+    import logging
+
+    import datasets
+
     from longattn_cli.config import load_recipe, parse_overrides, to_dict
 
+    datasets.logging.set_verbosity(logging.CRITICAL)  # bad data becomes one line of ours, not library logs
+    datasets.disable_progress_bars()
     values = parse_overrides(overrides)
     if resume:
         values["training.resume"] = resume

@@ -27,6 +27,9 @@ PROCESSING_VERSION = "1"  # bump when packing or tokenization changes, so that o
 
 
 def _first_line(exc: BaseException) -> str:
+    """The most specific line of an exception chain (datasets wraps parser errors in generic ones)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
     text = str(exc).strip()
     return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
 
@@ -186,6 +189,21 @@ def tokenizer_hash(tokenizer) -> str:
     return _sha(vocab, tokenizer.all_special_tokens, type(tokenizer).__name__)[:12]
 
 
+def load_tokenizer(source: str):
+    """A tokenizer from a directory that holds only a tokenizer, or from a checkpoint / hub id."""
+    path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except Exception as exc:
+            raise UserError(f"no usable tokenizer in {source}: {_first_line(exc)}") from None
+    from longattn_cli.checkpoints import load_tokenizer as from_checkpoint
+
+    return from_checkpoint(source)
+
+
 def train_bpe_tokenizer(texts: Iterator[str], out_dir: Path, vocab_size: int, model_max_length: int):
     """Train a byte-level BPE tokenizer with RoBERTa's special tokens on ``texts``; save it to ``out_dir``."""
     from tokenizers import AddedToken, ByteLevelBPETokenizer
@@ -243,7 +261,7 @@ def pack(raw, tokenizer, data, fingerprint: str, what: str = "data.source"):
     if streaming:
         return packed, key, False
     if len(packed) == 0:
-        total = sum(len(x) for x in tokenizer(raw.select(range(min(len(raw), 1000)))[column])["input_ids"])
+        total = sum(len(x) for x in tokenizer(list(raw.select(range(min(len(raw), 1000)))[column]))["input_ids"])
         raise UserError(
             f"{what}: zero examples after packing: the corpus has about {total} tokens, fewer than "
             f"data.max_length={n}; use more text or a smaller data.max_length"

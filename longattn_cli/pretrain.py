@@ -63,10 +63,8 @@ def apply_freezing(model: nn.Module, freeze: list[str], train_only: list[str]) -
 
 def pick_tokenizer(m, d, raw, fingerprint: str):
     """The tokenizer named by the recipe, the source checkpoint's, or one trained on the corpus."""
-    from longattn_cli.checkpoints import load_tokenizer
-
     if m.tokenizer or m.source:
-        return load_tokenizer(m.tokenizer or m.source), []
+        return D.load_tokenizer(m.tokenizer or m.source), []
     tok = D.corpus_tokenizer(raw, d, m.vocab_size, fingerprint)
     return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
 
@@ -156,8 +154,8 @@ def _validation(d, tokenizer, collate, batch_size: int):
     return evaluate
 
 
-def run(recipe) -> int:
-    """Pretrain as ``recipe`` says; returns the exit code."""
+def run(recipe, on_step=None) -> int:
+    """Pretrain as ``recipe`` says; returns the exit code (see :func:`longattn_cli.train.run`)."""
     from longattn_cli.train import run as train
 
-    return train(recipe, build)
+    return train(recipe, build, on_step)

@@ -168,8 +168,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def run(recipe, build: Callable[[Any, Any], Job]) -> int:
+def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], None] | None = None) -> int:
     """Train ``recipe`` with the job ``build(recipe, accelerator)`` returns.
+
+    Args:
+        recipe: a :class:`~longattn_cli.config.PretrainRecipe` or :class:`~longattn_cli.config.FinetuneRecipe`.
+        build: ``(recipe, accelerator) -> Job``.
+        on_step: called as ``on_step(step, model)`` after every optimizer step (for tests and extensions).
 
     Returns:
         The exit code: 0 when done, 130/143 when SIGINT/SIGTERM stopped the run after saving a checkpoint.
@@ -185,6 +190,11 @@ def run(recipe, build: Callable[[Any, Any], Job]) -> int:
     accelerator = make_accelerator(cfg.mixed_precision)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     set_seed(cfg.seed)  # identical initial weights on every process
+    if cfg.resume:  # a different recipe fails before any data is read
+        where = trainstate.find(out, cfg.resume)
+        saved = trainstate.read_state(where)
+        early = trainstate.signature(to_dict(recipe), saved["signature"]["tokenizer_hash"], saved["signature"]["data_fingerprint"], world)
+        trainstate.check_signature(saved["signature"], early, where)
     with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
         job = build(recipe, accelerator)
     if job.stream_length is None:
@@ -200,8 +210,6 @@ def run(recipe, build: Callable[[Any, Any], Job]) -> int:
     state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
     rng = None
     if cfg.resume:
-        where = trainstate.find(out, cfg.resume)
-        saved = trainstate.read_state(where)
         trainstate.check_signature(saved["signature"], sig, where)
         trainstate.load_weights(job.model, where)
         rng = trainstate.load_training_state(where, optimizer, scheduler, rank)
@@ -269,6 +277,8 @@ def run(recipe, build: Callable[[Any, Any], Job]) -> int:
             state["tokens"] += int(stats[1].item())
             norm = None if grad_norm is None else float(grad_norm)
             report.step(step, mean_loss, lr, int(stats[1].item()), norm, step / steps_per_epoch)
+            if on_step:
+                on_step(step, job.model)
 
             if job.evaluate and _due(step, cfg.eval_every, steps_per_epoch, total):
                 _evaluate(job, accelerator, objective, state, out, report, step)
