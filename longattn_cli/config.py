@@ -95,9 +95,14 @@ class ModelConfig:
     freeze: list[str] = _doc("parameter-name patterns (fnmatch) to keep frozen, e.g. ['longattn.layers.0.*']", factory=list)
     train_only: list[str] = _doc("if set, train only parameters matching these patterns; all others are frozen", factory=list)
     gradient_checkpointing: bool = _doc("recompute activations in the backward pass to save memory", False)
+    attention_dropout: float | None = _doc(
+        "dropout on attention probabilities; null keeps the checkpoint's (non-zero values take softmax off its fused kernel)"
+    )
 
     def __post_init__(self):
         _check_attention(self.attention, self.attention_settings)
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise ValueError(f"model.attention_dropout must be in [0, 1), got {self.attention_dropout}")
 
 
 @dataclasses.dataclass
@@ -113,7 +118,10 @@ class PretrainModelConfig(ModelConfig):
     num_hidden_layers: int = _doc("encoder layers (from scratch)", 2)
     num_attention_heads: int = _doc("attention heads per layer (from scratch)", 4)
     intermediate_size: int = _doc("feed-forward width (from scratch)", 512)
-    dropout: float = _doc("hidden and attention dropout (from scratch)", 0.1)
+    dropout: float = _doc("dropout on embeddings and residual branches (from scratch)", 0.1)
+    attention_dropout: float | None = _doc(
+        "dropout on attention probabilities; 0 keeps softmax on torch's fused kernel, which long inputs need", 0.0
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -133,7 +141,7 @@ class FinetuneModelConfig(ModelConfig):
     problem_type: str = _doc(
         "auto (from the label column), single_label_classification, multi_label_classification or regression", "auto"
     )
-    dropout: float | None = _doc("override the checkpoint's hidden and classifier dropout", None)
+    dropout: float | None = _doc("override the checkpoint's hidden and classifier dropout")
 
     def __post_init__(self):
         super().__post_init__()
@@ -200,7 +208,7 @@ class TrainingConfig:
 
     output_dir: str = _doc("where checkpoints, metrics and the final model go", "runs/pretrain-default")
     seed: int = _doc("seed of initialisation, data order, masking and dropout", 0)
-    max_steps: int | None = _doc("optimizer steps; null = epochs × steps per epoch", 40)
+    max_steps: int | None = _doc("optimizer steps; null = epochs × steps per epoch", 50)
     epochs: float = _doc("passes over the training data when max_steps is null", 1.0)
     batch_size: int = _doc("examples per process per micro-batch", 1)
     gradient_accumulation_steps: int = _doc("micro-batches per optimizer step", 1)
@@ -212,7 +220,7 @@ class TrainingConfig:
     mixed_precision: str = _doc("auto (bf16 where the GPU supports it), no, bf16 or fp16", "auto")
     log_every: int = _doc("steps between metric lines in metrics.jsonl", 1)
     eval_every: int | None = _doc("steps between evaluations; null = once per epoch (or at the end)", None)
-    save_every: int | None = _doc("steps between checkpoints; null = only at the end", 20)
+    save_every: int | None = _doc("steps between checkpoints; null = only at the end", 25)
     keep_last: int = _doc("checkpoints to keep", 2)
     metric_for_best: str | None = _doc("evaluation metric that picks the best checkpoint (default: accuracy, mse or loss)")
     resume: str | None = _doc("latest, or a checkpoint directory, to continue from")

@@ -76,13 +76,14 @@ def build_model(m, d, tokenizer):
     if m.source:
         from longattn_cli.checkpoints import load_model
 
-        model = load_model(m.source, head="masked-lm", attention=m.attention, attention_settings=m.attention_settings or None)
+        extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
+        model = load_model(m.source, head="masked-lm", attention=m.attention, attention_settings=m.attention_settings or None, **extra)
     else:
         offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
         config = LongAttnConfig(
             vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
             num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout,
+            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout or 0.0,
             max_position_embeddings=d.max_length + offset, position_offset=offset,
             attention=m.attention or "softmax", attention_settings=m.attention_settings,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id,

@@ -182,9 +182,13 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
     Raises:
         UserError: bad input, a checkpoint from a different run, or a NaN/inf loss (the message names the step).
     """
+    import datasets
     from accelerate.utils import gather_object, set_seed
     from transformers import get_scheduler
+    from transformers.utils import logging as hf_logging
 
+    datasets.disable_progress_bars()  # our own progress bar and notes say what happens
+    hf_logging.disable_progress_bar()
     cfg = recipe.training
     out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg.mixed_precision)
