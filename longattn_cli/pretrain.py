@@ -69,9 +69,28 @@ def pick_tokenizer(m, d, raw, fingerprint: str):
     return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
 
 
+def scratch_config(m, d, tokenizer=None):
+    """The :class:`LongAttnConfig` of a model trained from scratch (``model.vocab_size`` without a tokenizer)."""
+    from longattn_cli.modeling import LongAttnConfig
+
+    offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
+    ids = {}
+    if tokenizer is not None:
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id if cls is None else cls,
+               "eos_token_id": tokenizer.eos_token_id if sep is None else sep}
+    return LongAttnConfig(
+        vocab_size=len(tokenizer) if tokenizer is not None else m.vocab_size, hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size, hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.attention_dropout or 0.0, max_position_embeddings=d.max_length + offset,
+        position_offset=offset, attention=m.attention or "softmax", attention_settings=m.attention_settings, **ids,
+    )
+
+
 def build_model(m, d, tokenizer):
     """From scratch (the recipe's architecture) or from ``model.source``, as a ``LongAttnForMaskedLM``."""
-    from longattn_cli.modeling import LongAttnConfig, LongAttnForMaskedLM
+    from longattn_cli.modeling import LongAttnForMaskedLM
 
     if m.source:
         from longattn_cli.checkpoints import load_model
@@ -79,17 +98,7 @@ def build_model(m, d, tokenizer):
         extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
         model = load_model(m.source, head="masked-lm", attention=m.attention, attention_settings=m.attention_settings or None, **extra)
     else:
-        offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
-        config = LongAttnConfig(
-            vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-            num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout or 0.0,
-            max_position_embeddings=d.max_length + offset, position_offset=offset,
-            attention=m.attention or "softmax", attention_settings=m.attention_settings,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id,
-            eos_token_id=tokenizer.sep_token_id or tokenizer.eos_token_id,
-        )
-        model = LongAttnForMaskedLM(config)
+        model = LongAttnForMaskedLM(scratch_config(m, d, tokenizer))
     check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
