@@ -153,8 +153,11 @@ def make_accelerator(precision: str):
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
+    # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
-        return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False)
+        return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"training.mixed_precision={precision}: {exc}") from None
 
@@ -297,7 +300,7 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
         rows = _finish(job, accelerator, objective, state, out, report)
     elapsed = time.perf_counter() - began
     report.summary({
-        "steps": f"{start_step} → {state['step']}", "tokens": state["tokens"], "time (s)": round(elapsed, 1),
+        "steps": f"{start_step} → {state['step']}", "processes": world, "tokens": state["tokens"], "time (s)": round(elapsed, 1),
         "tokens/s": report.tokens_per_second, "final loss": report.last.get("loss", float("nan")), **rows,
         "model": str(out), "last checkpoint": str(last_checkpoint),
     })
