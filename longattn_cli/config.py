@@ -182,7 +182,7 @@ class PretrainDataConfig(DataConfig):
     max_length: int = _doc("tokens per packed block, special tokens included", 4096)
     mlm_probability: float = _doc("fraction of tokens masked (of those: 80% <mask>, 10% random, 10% kept)", 0.15)
     whole_word_mask: bool = _doc("mask all sub-tokens of a chosen word together", False)
-    streaming_examples: int = _doc("packed blocks per epoch when streaming (a streamed corpus has no length)", 10_000)
+    streaming_examples: int = _doc("packed blocks per epoch when streaming, to turn training.epochs into steps (a stream has no length)", 10_000)
 
     def __post_init__(self):
         super().__post_init__()

@@ -255,7 +255,7 @@ def pack(raw, tokenizer, data, fingerprint: str, what: str = "data.source"):
         flat = [t for doc in ids for t in doc]
         return {"input_ids": [flat[i : i + n] for i in range(0, len(flat) - n + 1, n)]}
 
-    removed = raw.column_names if raw.column_names else None
+    removed = raw.column_names or list(next(iter(raw)))  # a streamed dataset may not know its columns
     packed = raw.map(tokenize_and_group, batched=True, batch_size=100_000, remove_columns=removed,
                      **({} if streaming else {"desc": "packing", "new_fingerprint": key}))
     if streaming:

@@ -70,10 +70,12 @@ def test_recipe_run_writes_a_checkpoint_that_fill_mask_loads(tmp_path, corpus, c
     assert len(preds[0]["predictions"][0]) == 2
 
 
-def test_resume_continues_bit_exactly(tmp_path, corpus, cache):
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
+def test_resume_continues_bit_exactly(tmp_path, corpus, cache, streaming):
     """6 steps in one go == 3 steps, stopped by SIGINT, then resumed for the rest: identical weights."""
     full, split = tmp_path / "full", tmp_path / "split"
-    common = ["training.max_steps=6", "training.save_every=100", "model.dropout=0.1", "training.learning_rate=3e-3"]
+    common = ["training.max_steps=6", "training.save_every=100", "model.dropout=0.1", "training.learning_rate=3e-3",
+              f"data.streaming={streaming}", "data.streaming_examples=8"]
     assert run(load_recipe("pretrain", None, _ov(args(full, corpus, cache, *common)))) == 0
 
     def interrupt(step, model):
