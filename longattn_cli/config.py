@@ -88,12 +88,22 @@ def _check_attention(attention: str | None, settings: dict[str, Any]) -> None:
 class ModelConfig:
     """What every recipe's ``model`` section holds."""
 
-    source: str | None = _doc("checkpoint directory or hub id to start from (ours, RoBERTa, BERT, YOSO, Nyströmformer, LSG)")
+    source: str | None = _doc(
+        "checkpoint directory or hub id to start from (ours, RoBERTa, BERT, YOSO, Nyströmformer, LSG)"
+    )
     tokenizer: str | None = _doc("tokenizer directory or hub id; null = the source checkpoint's")
-    attention: str | None = _doc("attention mechanism (softmax, yoso, nystrom, lsg); null keeps the checkpoint's")
-    attention_settings: dict[str, Any] = _doc("the mechanism's settings, e.g. {num_landmarks: 64}", factory=dict)
-    freeze: list[str] = _doc("parameter-name patterns (fnmatch) to keep frozen, e.g. ['longattn.layers.0.*']", factory=list)
-    train_only: list[str] = _doc("if set, train only parameters matching these patterns; all others are frozen", factory=list)
+    attention: str | None = _doc(
+        "attention mechanism (softmax, yoso, nystrom, lsg); null keeps the checkpoint's"
+    )
+    attention_settings: dict[str, Any] = _doc(
+        "the mechanism's settings, e.g. {num_landmarks: 64}", factory=dict
+    )
+    freeze: list[str] = _doc(
+        "parameter-name patterns (fnmatch) to keep frozen, e.g. ['longattn.layers.0.*']", factory=list
+    )
+    train_only: list[str] = _doc(
+        "if set, train only parameters matching these patterns; all others are frozen", factory=list
+    )
     gradient_checkpointing: bool = _doc("recompute activations in the backward pass to save memory", False)
     attention_dropout: float | None = _doc(
         "dropout on attention probabilities; null keeps the checkpoint's (non-zero values take softmax off its fused kernel)"
@@ -109,7 +119,9 @@ class ModelConfig:
 class PretrainModelConfig(ModelConfig):
     """``model`` section of a pretraining recipe: the architecture of a model trained from scratch."""
 
-    attention: str | None = _doc("attention mechanism (softmax, yoso, nystrom, lsg); null keeps the source's", "softmax")
+    attention: str | None = _doc(
+        "attention mechanism (softmax, yoso, nystrom, lsg); null keeps the source's", "softmax"
+    )
     tokenizer: str | None = _doc(
         "tokenizer directory or hub id; null = the source's, or (from scratch) a byte-level BPE trained on the corpus"
     )
@@ -120,15 +132,24 @@ class PretrainModelConfig(ModelConfig):
     intermediate_size: int = _doc("feed-forward width (from scratch)", 512)
     dropout: float = _doc("dropout on embeddings and residual branches (from scratch)", 0.1)
     attention_dropout: float | None = _doc(
-        "dropout on attention probabilities; 0 keeps softmax on torch's fused kernel, which long inputs need", 0.0
+        "dropout on attention probabilities; 0 keeps softmax on torch's fused kernel, which long inputs need",
+        0.0,
     )
 
     def __post_init__(self):
         super().__post_init__()
-        _positive("model", vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
-                  num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size)
+        _positive(
+            "model",
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+        )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"model.hidden_size={self.hidden_size} is not a multiple of model.num_attention_heads={self.num_attention_heads}")
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not a multiple of model.num_attention_heads={self.num_attention_heads}"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -139,7 +160,8 @@ class FinetuneModelConfig(ModelConfig):
 
     task: str = _doc("sequence-classification or token-classification", "sequence-classification")
     problem_type: str = _doc(
-        "auto (from the label column), single_label_classification, multi_label_classification or regression", "auto"
+        "auto (from the label column), single_label_classification, multi_label_classification or regression",
+        "auto",
     )
     dropout: float | None = _doc("override the checkpoint's hidden and classifier dropout")
 
@@ -148,9 +170,16 @@ class FinetuneModelConfig(ModelConfig):
         if self.task not in TASKS:
             raise ValueError(f"model.task={self.task!r} is not one of {', '.join(TASKS)}")
         if self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"model.problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
-        if self.task == "token-classification" and self.problem_type not in ("auto", "single_label_classification"):
-            raise ValueError(f"model.problem_type={self.problem_type!r} does not apply to token-classification")
+            raise ValueError(
+                f"model.problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}"
+            )
+        if self.task == "token-classification" and self.problem_type not in (
+            "auto",
+            "single_label_classification",
+        ):
+            raise ValueError(
+                f"model.problem_type={self.problem_type!r} does not apply to token-classification"
+            )
 
 
 @dataclasses.dataclass
@@ -165,7 +194,9 @@ class DataConfig:
     text_column: str = _doc("column holding the text (token classification: the list of words)", "text")
     max_length: int = _doc("tokens per example, special tokens included", 512)
     max_examples: int | None = _doc("use only the first N raw examples of each split (quick runs)", None)
-    cache_dir: str = _doc("where processed datasets and trained tokenizers are cached", factory=default_cache_dir)
+    cache_dir: str = _doc(
+        "where processed datasets and trained tokenizers are cached", factory=default_cache_dir
+    )
 
     def __post_init__(self):
         _positive("data", max_length=self.max_length, max_examples=self.max_examples)
@@ -180,16 +211,23 @@ class PretrainDataConfig(DataConfig):
         "python-docs",
     )
     max_length: int = _doc("tokens per packed block, special tokens included", 4096)
-    mlm_probability: float = _doc("fraction of tokens masked (of those: 80% <mask>, 10% random, 10% kept)", 0.15)
+    mlm_probability: float = _doc(
+        "fraction of tokens masked (of those: 80% <mask>, 10% random, 10% kept)", 0.15
+    )
     whole_word_mask: bool = _doc("mask all sub-tokens of a chosen word together", False)
-    streaming_examples: int = _doc("packed blocks per epoch when streaming, to turn training.epochs into steps (a stream has no length)", 10_000)
+    streaming_examples: int = _doc(
+        "packed blocks per epoch when streaming, to turn training.epochs into steps (a stream has no length)",
+        10_000,
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"data.mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.max_length < 8:
-            raise ValueError(f"data.max_length={self.max_length} is too short to pack documents; use at least 8")
+            raise ValueError(
+                f"data.max_length={self.max_length} is too short to pack documents; use at least 8"
+            )
 
 
 @dataclasses.dataclass
@@ -198,8 +236,10 @@ class FinetuneDataConfig(DataConfig):
 
     test: str | None = _doc("test data (predictions are written for it): a split name or a local file")
     text_pair_column: str | None = _doc("second text column for sentence-pair tasks")
-    label_column: str = _doc("column holding the label(s): int/str (single), list (multi-label), float (regression), list per word (token)", "label")
-
+    label_column: str = _doc(
+        "column holding the label(s): int/str (single), list (multi-label), float (regression), list per word (token)",
+        "label",
+    )
 
 
 @dataclasses.dataclass
@@ -222,25 +262,46 @@ class TrainingConfig:
     eval_every: int | None = _doc("steps between evaluations; null = once per epoch (or at the end)", None)
     save_every: int | None = _doc("steps between checkpoints; null = only at the end", 25)
     keep_last: int = _doc("checkpoints to keep", 2)
-    metric_for_best: str | None = _doc("evaluation metric that picks the best checkpoint (default: accuracy, mse or loss)")
+    metric_for_best: str | None = _doc(
+        "evaluation metric that picks the best checkpoint (default: accuracy, mse or loss)"
+    )
     resume: str | None = _doc("latest, or a checkpoint directory, to continue from")
 
     def __post_init__(self):
-        _positive("training", max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
-                  gradient_accumulation_steps=self.gradient_accumulation_steps, learning_rate=self.learning_rate,
-                  log_every=self.log_every, eval_every=self.eval_every, save_every=self.save_every,
-                  keep_last=self.keep_last, max_grad_norm=self.max_grad_norm)
+        _positive(
+            "training",
+            max_steps=self.max_steps,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate,
+            log_every=self.log_every,
+            eval_every=self.eval_every,
+            save_every=self.save_every,
+            keep_last=self.keep_last,
+            max_grad_norm=self.max_grad_norm,
+        )
         if self.warmup_steps < 0:
             raise ValueError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"training.scheduler={self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"training.mixed_precision={self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise ValueError(
+                f"training.mixed_precision={self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
 
 
 def _finetune_training() -> TrainingConfig:
-    return TrainingConfig(output_dir="runs/finetune", max_steps=None, epochs=3.0, batch_size=8, learning_rate=3e-5,
-                          warmup_steps=0, save_every=None, log_every=10)
+    return TrainingConfig(
+        output_dir="runs/finetune",
+        max_steps=None,
+        epochs=3.0,
+        batch_size=8,
+        learning_rate=3e-5,
+        warmup_steps=0,
+        save_every=None,
+        log_every=10,
+    )
 
 
 @dataclasses.dataclass
@@ -323,7 +384,9 @@ def _build(cls: type, values: dict[str, Any], where: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         label = f"{where}{unknown[0]}"
-        raise UserError(f"unknown recipe key {label!r}; valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(fields)}")
+        raise UserError(
+            f"unknown recipe key {label!r}; valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
@@ -379,5 +442,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def _type_name(hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if args:
-        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
+        return " or ".join(_type_name(a) for a in args) + (
+            " or null" if type(None) in typing.get_args(hint) else ""
+        )
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))

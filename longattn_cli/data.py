@@ -47,7 +47,9 @@ def python_docs_file(cache_dir: str) -> Path:
     """CPython's pydoc topics written out as a text file, one paragraph per blank-line-separated block."""
     from pydoc_data.topics import topics
 
-    text = "\n\n".join(p.strip() for body in topics.values() for p in body.split("\n\n") if len(p.strip()) > 40)
+    text = "\n\n".join(
+        p.strip() for body in topics.values() for p in body.split("\n\n") if len(p.strip()) > 40
+    )
     path = Path(cache_dir) / "python-docs" / f"topics-{_sha(text)}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,11 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
     else:
         ds = _load_hub(source, split, data, what)
     if data.max_examples is not None:
-        ds = ds.take(data.max_examples) if isinstance(ds, datasets.IterableDataset) else ds.select(range(min(data.max_examples, len(ds))))
+        ds = (
+            ds.take(data.max_examples)
+            if isinstance(ds, datasets.IterableDataset)
+            else ds.select(range(min(data.max_examples, len(ds))))
+        )
     return ds
 
 
@@ -91,8 +97,14 @@ def _load_file(path: Path, data, what: str):
         raise UserError(f"{what}: file {path} is empty")
     kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=data.streaming,
-                                   cache_dir=str(Path(data.cache_dir) / "datasets"), **kwargs)
+        ds = datasets.load_dataset(
+            builder,
+            data_files=str(path),
+            split="train",
+            streaming=data.streaming,
+            cache_dir=str(Path(data.cache_dir) / "datasets"),
+            **kwargs,
+        )
     except Exception as exc:  # pyarrow/json/csv parse errors come in many types
         raise UserError(f"{what}: cannot read {path} as {builder}: {_first_line(exc)}") from None
     if not data.streaming and len(ds) == 0:
@@ -154,7 +166,9 @@ def check_column(ds, column: str, kinds: tuple[str, ...], what: str) -> None:
     }
     if not any(ok[k] for k in kinds):
         want = " or ".join({"text": "strings", "words": "lists of words"}[k] for k in kinds)
-        raise UserError(f"{what}: column {column!r} must hold {want}, found {type(value).__name__} {_short(value)!r}")
+        raise UserError(
+            f"{what}: column {column!r} must hold {want}, found {type(value).__name__} {_short(value)!r}"
+        )
 
 
 def _short(value: Any) -> str:
@@ -212,9 +226,13 @@ def train_bpe_tokenizer(texts: Iterator[str], out_dir: Path, vocab_size: int, mo
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = ByteLevelBPETokenizer()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4, as RoBERTa's: pad 1, positions from 2
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False
+    )
     tok.save_model(str(out_dir))
-    mask = AddedToken("<mask>", lstrip=True, rstrip=False)  # "the <mask>" carries no stray space, as RoBERTa's
+    mask = AddedToken(
+        "<mask>", lstrip=True, rstrip=False
+    )  # "the <mask>" carries no stray space, as RoBERTa's
     fast = RobertaTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, mask_token=mask)
     fast.save_pretrained(out_dir)
     return fast
@@ -224,7 +242,11 @@ def corpus_tokenizer(raw, data, vocab_size: int, fingerprint: str, limit: int = 
     """A byte-level BPE tokenizer trained on (up to ``limit`` documents of) the corpus, cached by fingerprint."""
     from transformers import AutoTokenizer
 
-    out = Path(data.cache_dir) / "tokenizers" / _sha(fingerprint, data.text_column, vocab_size, limit, PROCESSING_VERSION)
+    out = (
+        Path(data.cache_dir)
+        / "tokenizers"
+        / _sha(fingerprint, data.text_column, vocab_size, limit, PROCESSING_VERSION)
+    )
     if (out / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(out)
     texts = (ex[data.text_column] for ex in itertools.islice(raw, limit))
@@ -256,12 +278,19 @@ def pack(raw, tokenizer, data, fingerprint: str, what: str = "data.source"):
         return {"input_ids": [flat[i : i + n] for i in range(0, len(flat) - n + 1, n)]}
 
     removed = raw.column_names or list(next(iter(raw)))  # a streamed dataset may not know its columns
-    packed = raw.map(tokenize_and_group, batched=True, batch_size=100_000, remove_columns=removed,
-                     **({} if streaming else {"desc": "packing", "new_fingerprint": key}))
+    packed = raw.map(
+        tokenize_and_group,
+        batched=True,
+        batch_size=100_000,
+        remove_columns=removed,
+        **({} if streaming else {"desc": "packing", "new_fingerprint": key}),
+    )
     if streaming:
         return packed, key, False
     if len(packed) == 0:
-        total = sum(len(x) for x in tokenizer(list(raw.select(range(min(len(raw), 1000)))[column]))["input_ids"])
+        total = sum(
+            len(x) for x in tokenizer(list(raw.select(range(min(len(raw), 1000)))[column]))["input_ids"]
+        )
         raise UserError(
             f"{what}: zero examples after packing: the corpus has about {total} tokens, fewer than "
             f"data.max_length={n}; use more text or a smaller data.max_length"
@@ -298,11 +327,16 @@ class MaskingCollator:
             tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab)))
             wordpiece = any(t.startswith("##") for t in tokens if t)
             self.starts = torch.tensor(
-                [not t.startswith("##") if wordpiece else t.startswith(("Ġ", "▁")) for t in (x or "" for x in tokens)]
+                [
+                    not t.startswith("##") if wordpiece else t.startswith(("Ġ", "▁"))
+                    for t in (x or "" for x in tokens)
+                ]
             )
 
     def __call__(self, examples: list[dict[str, Any]], key: int) -> dict[str, torch.Tensor]:
-        ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)  # (B, N), packed: no padding
+        ids = torch.tensor(
+            [ex["input_ids"] for ex in examples], dtype=torch.long
+        )  # (B, N), packed: no padding
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
         special = torch.isin(ids, self.special)
         chosen = self._choose(ids, special, g)
@@ -334,5 +368,7 @@ def _first_index(word: torch.Tensor) -> torch.Tensor:
     """For every token, the position of the first token of its word: (B, N) from word indices (B, N)."""
     n = word.shape[1]
     pos = torch.arange(n).expand_as(word)
-    start = torch.where(torch.cat([torch.ones_like(word[:, :1], dtype=torch.bool), word[:, 1:] != word[:, :-1]], 1), pos, 0)
+    start = torch.where(
+        torch.cat([torch.ones_like(word[:, :1], dtype=torch.bool), word[:, 1:] != word[:, :-1]], 1), pos, 0
+    )
     return torch.cummax(start, dim=1).values

@@ -41,7 +41,9 @@ def load_split(d, value: str, what: str):
     if D.is_local(value):
         return D.load_raw(value, "train", d, what=what), D.source_fingerprint(value, "train", d)
     if D.is_local(d.source):
-        raise UserError(f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file")
+        raise UserError(
+            f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file"
+        )
     return D.load_raw(d.source, value, d, what=what), D.source_fingerprint(d.source, value, d)
 
 
@@ -92,18 +94,26 @@ def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = Fal
 
     def fn(batch):
         if token:
-            enc = tokenizer(batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length)
+            enc = tokenizer(
+                batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length
+            )
         else:
             pair = batch[d.text_pair_column] if d.text_pair_column else None
             enc = tokenizer(batch[d.text_column], pair, truncation=True, max_length=d.max_length)
         out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         if token:
             words = [enc.word_ids(i) for i in range(len(enc["input_ids"]))]
-            first = [[w if w is not None and (j == 0 or ids[j - 1] != w) else -1 for j, w in enumerate(ids)] for ids in words]
+            first = [
+                [w if w is not None and (j == 0 or ids[j - 1] != w) else -1 for j, w in enumerate(ids)]
+                for ids in words
+            ]
             if keep_words:
                 out["word_index"] = first
             if has_labels:  # the first sub-token of each word carries its label; the rest are ignored (-100)
-                out["labels"] = [[labels.encode(tags[w]) if w >= 0 else -100 for w in f] for f, tags in zip(first, batch[labels.column], strict=True)]
+                out["labels"] = [
+                    [labels.encode(tags[w]) if w >= 0 else -100 for w in f]
+                    for f, tags in zip(first, batch[labels.column], strict=True)
+                ]
         elif has_labels:
             out["labels"] = [labels.encode(v) for v in batch[labels.column]]
         return out
@@ -114,7 +124,11 @@ def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = Fal
 def _collator(tokenizer, task: str):
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
-    pad = DataCollatorForTokenClassification(tokenizer) if task == "token-classification" else DataCollatorWithPadding(tokenizer)
+    pad = (
+        DataCollatorForTokenClassification(tokenizer)
+        if task == "token-classification"
+        else DataCollatorWithPadding(tokenizer)
+    )
 
     def collate(examples: list[dict[str, Any]], key: int = 0) -> dict[str, torch.Tensor]:
         return pad([{k: v for k, v in ex.items() if k in MODEL_INPUTS} for ex in examples])
@@ -169,14 +183,21 @@ def build(recipe, accelerator) -> Job:
         D.check_column(ds, d.text_column, kinds, where)
         if d.text_pair_column:
             D.check_column(ds, d.text_pair_column, ("text",), where)
-    labels = L.infer([s for s in splits.values() if d.label_column in s.column_names] or [train], d.label_column, m.task, m.problem_type)
+    labels = L.infer(
+        [s for s in splits.values() if d.label_column in s.column_names] or [train],
+        d.label_column,
+        m.task,
+        m.problem_type,
+    )
     tokenizer = _tokenizer(m)
     model = load_for_task(m, labels)
     check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     notes = apply_freezing(model, m.freeze, m.train_only)
-    notes.append(f"{labels.problem_type.replace('_', ' ')} with {labels.num_labels} output(s); {len(train):,} training examples")
+    notes.append(
+        f"{labels.problem_type.replace('_', ' ')} with {labels.num_labels} output(s); {len(train):,} training examples"
+    )
     encoded = {k: encode(v, tokenizer, d, labels, m.task, keep_words=k != "train") for k, v in splits.items()}
     collate = _collator(tokenizer, m.task)
     metric, higher = M.BEST[labels.problem_type]
@@ -185,17 +206,27 @@ def build(recipe, accelerator) -> Job:
     val = encoded.get("validation")
     evaluate = None
     if val is not None and "labels" in val.column_names:
+
         def evaluate(net) -> dict[str, float]:
             logits, loss = predict(net, val, collate, 2 * t.batch_size)
             return {"loss": loss, **score(labels, logits, val)}
 
-    fingerprint = D._sha(prints, labels.names, labels.problem_type, d.max_length, d.text_column, d.text_pair_column)
+    fingerprint = D._sha(
+        prints, labels.names, labels.problem_type, d.max_length, d.text_column, d.text_pair_column
+    )
     return Job(
-        model=model, objective=ClassificationObjective(model), tokenizer=tokenizer, train=encoded["train"],
-        collate=collate, tokens=lambda b: int(b["attention_mask"].sum()),
+        model=model,
+        objective=ClassificationObjective(model),
+        tokenizer=tokenizer,
+        train=encoded["train"],
+        collate=collate,
+        tokens=lambda b: int(b["attention_mask"].sum()),
         fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": fingerprint},
-        evaluate=evaluate, metric_for_best=metric, greater_is_better=higher,
-        finish=lambda net: _finish(net, encoded, splits, labels, collate, t, m.task, d.text_column), notes=notes,
+        evaluate=evaluate,
+        metric_for_best=metric,
+        greater_is_better=higher,
+        finish=lambda net: _finish(net, encoded, splits, labels, collate, t, m.task, d.text_column),
+        notes=notes,
     )
 
 

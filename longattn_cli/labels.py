@@ -41,7 +41,9 @@ class Labels:
         try:
             return self.names.index(key)
         except ValueError:
-            raise UserError(f"label {value!r} in column {self.column!r} is not one of the known labels {', '.join(self.names[:10])}") from None
+            raise UserError(
+                f"label {value!r} in column {self.column!r} is not one of the known labels {', '.join(self.names[:10])}"
+            ) from None
 
     def encode(self, value: Any) -> Any:
         """A label as the model's loss expects it: class index, multi-hot floats, or a float."""
@@ -92,12 +94,22 @@ def infer(splits: list, column: str, task: str, problem_type: str = "auto") -> L
     """
     first = splits[0]
     if column not in first.column_names:
-        raise UserError(f"data: no label column {column!r}; the data has {', '.join(first.column_names)} (set data.label_column)")
+        raise UserError(
+            f"data: no label column {column!r}; the data has {', '.join(first.column_names)} (set data.label_column)"
+        )
     kind, names = _kind(first.features[column])
     token = task == "token-classification"
-    allowed = {"list-class", "list-int", "list-str"} if token else {"class", "int", "str", "float", "list-class", "list-int", "list-str"}
+    allowed = (
+        {"list-class", "list-int", "list-str"}
+        if token
+        else {"class", "int", "str", "float", "list-class", "list-int", "list-str"}
+    )
     if kind not in allowed:
-        want = "a list of labels per example (one per word)" if token else "class labels, integers, strings, floats or lists of labels"
+        want = (
+            "a list of labels per example (one per word)"
+            if token
+            else "class labels, integers, strings, floats or lists of labels"
+        )
         raise UserError(f"data: label column {column!r} must hold {want}; it holds {first.features[column]}")
     if problem_type == "auto":
         if token or not kind.startswith("list"):
@@ -106,12 +118,18 @@ def infer(splits: list, column: str, task: str, problem_type: str = "auto") -> L
             problem_type = "multi_label_classification"
     if problem_type == "regression":
         if kind not in ("float", "int"):
-            raise UserError(f"data: regression needs numbers in label column {column!r}; it holds {first.features[column]}")
+            raise UserError(
+                f"data: regression needs numbers in label column {column!r}; it holds {first.features[column]}"
+            )
         return Labels("regression", ["score"], column)
     if problem_type == "multi_label_classification" and not kind.startswith("list"):
-        raise UserError(f"data: multi-label classification needs a list of labels per example in column {column!r}")
+        raise UserError(
+            f"data: multi-label classification needs a list of labels per example in column {column!r}"
+        )
     if kind.endswith("float"):
-        raise UserError(f"data: label column {column!r} holds floats; classification needs class labels, integers or strings")
+        raise UserError(
+            f"data: label column {column!r} holds floats; classification needs class labels, integers or strings"
+        )
     indexed = names is not None
     if names is None:
         names = _collect(splits, column, kind)
@@ -128,6 +146,8 @@ def _collect(splits: list, column: str, kind: str) -> list[str]:
             seen.update(value if kind.startswith("list") else [value])
     if kind.endswith("int"):
         if any(v < 0 for v in seen):
-            raise UserError(f"data: label column {column!r} holds negative integers; class indices start at 0")
+            raise UserError(
+                f"data: label column {column!r} holds negative integers; class indices start at 0"
+            )
         return [str(i) for i in range(max(seen) + 1)]
     return sorted(str(v) for v in seen)

@@ -32,7 +32,10 @@ def compute(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> di
         pred, gold = logits > 0, labels > 0.5
         tp = (pred & gold).sum().item()
         wrong = (pred ^ gold).sum().item()
-        return {"accuracy": (pred == gold).all(dim=1).double().mean().item(), "f1": 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0}
+        return {
+            "accuracy": (pred == gold).all(dim=1).double().mean().item(),
+            "f1": 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0,
+        }
     keep = labels != -100
     pred, gold = logits.argmax(-1)[keep], labels[keep]
     return {"accuracy": (pred == gold).double().mean().item(), "f1": macro_f1(pred, gold)}

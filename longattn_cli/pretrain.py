@@ -46,7 +46,9 @@ def apply_freezing(model: nn.Module, freeze: list[str], train_only: list[str]) -
     names = [n for n, _ in model.named_parameters()]
     for pattern in [*freeze, *train_only]:
         if not fnmatch.filter(names, pattern):
-            raise UserError(f"pattern {pattern!r} matches no parameter; names look like {', '.join(names[:2])}, ..., {names[-1]}")
+            raise UserError(
+                f"pattern {pattern!r} matches no parameter; names look like {', '.join(names[:2])}, ..., {names[-1]}"
+            )
     for name, p in model.named_parameters():
         if train_only:
             p.requires_grad = any(fnmatch.fnmatch(name, pat) for pat in train_only)
@@ -77,14 +79,24 @@ def scratch_config(m, d, tokenizer=None):
     ids = {}
     if tokenizer is not None:
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-        ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id if cls is None else cls,
-               "eos_token_id": tokenizer.eos_token_id if sep is None else sep}
+        ids = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id if cls is None else cls,
+            "eos_token_id": tokenizer.eos_token_id if sep is None else sep,
+        }
     return LongAttnConfig(
-        vocab_size=len(tokenizer) if tokenizer is not None else m.vocab_size, hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        intermediate_size=m.intermediate_size, hidden_dropout_prob=m.dropout,
-        attention_probs_dropout_prob=m.attention_dropout or 0.0, max_position_embeddings=d.max_length + offset,
-        position_offset=offset, attention=m.attention or "softmax", attention_settings=m.attention_settings, **ids,
+        vocab_size=len(tokenizer) if tokenizer is not None else m.vocab_size,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size,
+        hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.attention_dropout or 0.0,
+        max_position_embeddings=d.max_length + offset,
+        position_offset=offset,
+        attention=m.attention or "softmax",
+        attention_settings=m.attention_settings,
+        **ids,
     )
 
 
@@ -96,7 +108,13 @@ def build_model(m, d, tokenizer):
         from longattn_cli.checkpoints import load_model
 
         extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
-        model = load_model(m.source, head="masked-lm", attention=m.attention, attention_settings=m.attention_settings or None, **extra)
+        model = load_model(
+            m.source,
+            head="masked-lm",
+            attention=m.attention,
+            attention_settings=m.attention_settings or None,
+            **extra,
+        )
     else:
         model = LongAttnForMaskedLM(scratch_config(m, d, tokenizer))
     check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
@@ -108,14 +126,24 @@ def build_model(m, d, tokenizer):
 def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) -> None:
     """The tokenizer's ids and the requested length must fit the model's tables."""
     if max_length > config.max_sequence_length:
-        raise UserError(f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
-                        "lower it, or convert the model to a longer one with `longattn convert`")
+        raise UserError(
+            f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
+            "lower it, or convert the model to a longer one with `longattn convert`"
+        )
     if len(tokenizer) > config.vocab_size:
-        raise UserError(f"tokenizer {tokenizer_name} does not match the model: it has {len(tokenizer):,} tokens, "
-                        f"the model's vocabulary {config.vocab_size:,}")
-    if tokenizer.pad_token_id is not None and config.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
-        raise UserError(f"tokenizer {tokenizer_name} does not match the model: padding id {tokenizer.pad_token_id}, "
-                        f"the model's {config.pad_token_id}")
+        raise UserError(
+            f"tokenizer {tokenizer_name} does not match the model: it has {len(tokenizer):,} tokens, "
+            f"the model's vocabulary {config.vocab_size:,}"
+        )
+    if (
+        tokenizer.pad_token_id is not None
+        and config.pad_token_id is not None
+        and tokenizer.pad_token_id != config.pad_token_id
+    ):
+        raise UserError(
+            f"tokenizer {tokenizer_name} does not match the model: padding id {tokenizer.pad_token_id}, "
+            f"the model's {config.pad_token_id}"
+        )
 
 
 def build(recipe, accelerator) -> Job:
@@ -130,26 +158,44 @@ def build(recipe, accelerator) -> Job:
     notes += apply_freezing(model, m.freeze, m.train_only)
     packed, data_key, hit = D.pack(raw, tokenizer, d, fingerprint)
     if not d.streaming:
-        notes.append(f"{len(packed):,} blocks of {d.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})")
+        notes.append(
+            f"{len(packed):,} blocks of {d.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})"
+        )
     collate = D.MaskingCollator(tokenizer, d.mlm_probability, d.whole_word_mask, t.seed)
     evaluate = None
     if d.validation:
         evaluate = _validation(d, tokenizer, collate, t.batch_size)
     return Job(
-        model=model, objective=MaskedLMObjective(model), tokenizer=tokenizer, train=packed, collate=collate,
-        tokens=lambda b: int(b["attention_mask"].sum()), fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": data_key},
-        evaluate=evaluate, metric_for_best=t.metric_for_best or "loss", greater_is_better=False,
-        stream_length=d.streaming_examples if d.streaming else None, notes=notes,
+        model=model,
+        objective=MaskedLMObjective(model),
+        tokenizer=tokenizer,
+        train=packed,
+        collate=collate,
+        tokens=lambda b: int(b["attention_mask"].sum()),
+        fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": data_key},
+        evaluate=evaluate,
+        metric_for_best=t.metric_for_best or "loss",
+        greater_is_better=False,
+        stream_length=d.streaming_examples if d.streaming else None,
+        notes=notes,
     )
 
 
 def _validation(d, tokenizer, collate, batch_size: int):
     """MLM loss on the validation blocks, with fixed masks (the same every evaluation)."""
-    raw = D.load_raw(d.validation if D.is_local(d.validation) else d.source, d.validation, d, what="data.validation")
+    raw = D.load_raw(
+        d.validation if D.is_local(d.validation) else d.source, d.validation, d, what="data.validation"
+    )
     D.check_column(raw, d.text_column, ("text",), "data.validation")
-    fingerprint = D.source_fingerprint(d.validation if D.is_local(d.validation) else d.source, d.validation, d)
+    fingerprint = D.source_fingerprint(
+        d.validation if D.is_local(d.validation) else d.source, d.validation, d
+    )
     blocks, _, _ = D.pack(raw, tokenizer, d, fingerprint, what="data.validation")
-    rows = list(blocks.take(256)) if not hasattr(blocks, "__len__") else [blocks[i] for i in range(min(len(blocks), 256))]
+    rows = (
+        list(blocks.take(256))
+        if not hasattr(blocks, "__len__")
+        else [blocks[i] for i in range(min(len(blocks), 256))]
+    )
 
     @torch.no_grad()
     def evaluate(model) -> dict[str, Any]:

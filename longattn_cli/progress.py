@@ -55,12 +55,19 @@ class Reporter:
         except ImportError:
             pass
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", lr="-", tps="-")
+        self.task = self.progress.add_task(
+            "train", total=self.total, completed=self.start, loss="-", lr="-", tps="-"
+        )
         return self
 
     def __exit__(self, *exc):
@@ -70,7 +77,9 @@ class Reporter:
             if self.tensorboard:
                 self.tensorboard.close()
 
-    def step(self, step: int, loss: float, lr: float, tokens: int, grad_norm: float | None, epoch: float) -> None:
+    def step(
+        self, step: int, loss: float, lr: float, tokens: int, grad_norm: float | None, epoch: float
+    ) -> None:
         """Record one optimizer step (``tokens``: all processes' tokens in it)."""
         self.tokens += tokens
         elapsed = time.perf_counter() - self.began

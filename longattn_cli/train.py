@@ -72,7 +72,14 @@ class Order:
     """
 
     def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int):
-        self.n, self.batch, self.world, self.rank, self.accumulation, self.seed = n, batch, world, rank, accumulation, seed
+        self.n, self.batch, self.world, self.rank, self.accumulation, self.seed = (
+            n,
+            batch,
+            world,
+            rank,
+            accumulation,
+            seed,
+        )
         self.per_step = batch * world * accumulation
         self.steps_per_epoch = n // self.per_step
         if self.steps_per_epoch == 0:
@@ -98,7 +105,9 @@ class Order:
 class StreamOrder:
     """The same contract for a streamed dataset: examples in stream order, process ``r`` taking its slice."""
 
-    def __init__(self, ds, length: int, batch: int, world: int, rank: int, accumulation: int, start_step: int):
+    def __init__(
+        self, ds, length: int, batch: int, world: int, rank: int, accumulation: int, start_step: int
+    ):
         self.batch, self.world, self.rank, self.accumulation = batch, world, rank, accumulation
         self.per_step = batch * world * accumulation
         self.steps_per_epoch = max(1, length // self.per_step)
@@ -200,7 +209,12 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
     if cfg.resume:  # a different recipe fails before any data is read
         where = trainstate.find(out, cfg.resume)
         saved = trainstate.read_state(where)
-        early = trainstate.signature(to_dict(recipe), saved["signature"]["tokenizer_hash"], saved["signature"]["data_fingerprint"], world)
+        early = trainstate.signature(
+            to_dict(recipe),
+            saved["signature"]["tokenizer_hash"],
+            saved["signature"]["data_fingerprint"],
+            world,
+        )
         trainstate.check_signature(saved["signature"], early, where)
     with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
         job = build(recipe, accelerator)
@@ -208,10 +222,16 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
         order = Order(len(job.train), cfg.batch_size, world, rank, cfg.gradient_accumulation_steps, cfg.seed)
     else:
         order = None  # built below, once the start step is known
-    steps_per_epoch = order.steps_per_epoch if order else max(1, job.stream_length // (cfg.batch_size * world * cfg.gradient_accumulation_steps))
+    steps_per_epoch = (
+        order.steps_per_epoch
+        if order
+        else max(1, job.stream_length // (cfg.batch_size * world * cfg.gradient_accumulation_steps))
+    )
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(param_groups(job.model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total
+    )
     sig = trainstate.signature(to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], world)
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
@@ -223,7 +243,15 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
         state.update({k: saved[k] for k in state})
     objective, optimizer = accelerator.prepare(job.objective, optimizer)
     if order is None:
-        order = StreamOrder(job.train, job.stream_length, cfg.batch_size, world, rank, cfg.gradient_accumulation_steps, state["step"])
+        order = StreamOrder(
+            job.train,
+            job.stream_length,
+            cfg.batch_size,
+            world,
+            rank,
+            cfg.gradient_accumulation_steps,
+            state["step"],
+        )
     if rng is not None:
         trainstate.set_rng_state(rng)  # last: everything above may have drawn random numbers
     else:
@@ -236,8 +264,16 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
         rngs = gather_object([trainstate.rng_state()])
         if main:
             record = dict(state, signature=sig, total_steps=total)
-            trainstate.save(where, accelerator.unwrap_model(objective).model, job.tokenizer, optimizer.optimizer, scheduler,
-                            rngs, record, cfg.keep_last)
+            trainstate.save(
+                where,
+                accelerator.unwrap_model(objective).model,
+                job.tokenizer,
+                optimizer.optimizer,
+                scheduler,
+                rngs,
+                record,
+                cfg.keep_last,
+            )
         accelerator.wait_for_everyone()
         return where
 
@@ -269,13 +305,23 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
                 tokens += job.tokens(batch)
             grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
             # One all-reduce carries the loss, the token count and whether any process was signalled to stop.
-            stats = torch.tensor([loss_sum.item() / cfg.gradient_accumulation_steps, tokens, float(stop.signal is not None)], device=device, dtype=torch.float64)
+            stats = torch.tensor(
+                [loss_sum.item() / cfg.gradient_accumulation_steps, tokens, float(stop.signal is not None)],
+                device=device,
+                dtype=torch.float64,
+            )
             stats = accelerator.reduce(stats, "sum")
             mean_loss = stats[0].item() / world
             if not math.isfinite(mean_loss):
                 optimizer.zero_grad(set_to_none=True)
-                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-                raise UserError(f"loss is {mean_loss} at step {step + 1}; training stopped and {kept} (lower training.learning_rate or check the data)")
+                kept = (
+                    f"the last good checkpoint is {last_checkpoint}"
+                    if last_checkpoint
+                    else "no checkpoint was written yet"
+                )
+                raise UserError(
+                    f"loss is {mean_loss} at step {step + 1}; training stopped and {kept} (lower training.learning_rate or check the data)"
+                )
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -294,16 +340,26 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
                 last_checkpoint = save_checkpoint()
             if stopping:
                 name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
-                report.note(f"stopped by {name} at step {step}; checkpoint saved to {last_checkpoint}; continue with --resume latest")
+                report.note(
+                    f"stopped by {name} at step {step}; checkpoint saved to {last_checkpoint}; continue with --resume latest"
+                )
                 return 128 + (stop.signal or signal.SIGTERM)
 
         rows = _finish(job, accelerator, objective, state, out, report)
     elapsed = time.perf_counter() - began
-    report.summary({
-        "steps": f"{start_step} → {state['step']}", "processes": world, "tokens": state["tokens"], "time (s)": round(elapsed, 1),
-        "tokens/s": report.tokens_per_second, "final loss": report.last.get("loss", float("nan")), **rows,
-        "model": str(out), "last checkpoint": str(last_checkpoint),
-    })
+    report.summary(
+        {
+            "steps": f"{start_step} → {state['step']}",
+            "processes": world,
+            "tokens": state["tokens"],
+            "time (s)": round(elapsed, 1),
+            "tokens/s": report.tokens_per_second,
+            "final loss": report.last.get("loss", float("nan")),
+            **rows,
+            "model": str(out),
+            "last checkpoint": str(last_checkpoint),
+        }
+    )
     return 0
 
 
@@ -328,7 +384,9 @@ def _evaluate(job: Job, accelerator, objective, state, out: Path, report: Report
         report.eval(step, metrics)
         value = metrics.get(job.metric_for_best)
         if value is None:
-            raise UserError(f"training.metric_for_best={job.metric_for_best!r} is not an evaluation metric; valid: {', '.join(metrics)}")
+            raise UserError(
+                f"training.metric_for_best={job.metric_for_best!r} is not an evaluation metric; valid: {', '.join(metrics)}"
+            )
         best = state["best_metric"]
         if best is None or (value > best if job.greater_is_better else value < best):
             state["best_metric"], state["best_step"] = value, step

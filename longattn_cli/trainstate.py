@@ -41,8 +41,13 @@ def versions() -> dict[str, str]:
 
     import longattn_cli
 
-    return {"longattn": longattn_cli.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__}
+    return {
+        "longattn": longattn_cli.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,8 +64,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def signature(recipe: dict[str, Any], tokenizer: str, data: str, world_size: int) -> dict[str, Any]:
     """What must be equal for a resumed run to continue the interrupted one exactly."""
     flat = {k: v for k, v in flatten(recipe).items() if k not in VOLATILE}
-    return {"recipe": flat, "tokenizer_hash": tokenizer, "data_fingerprint": data, "world_size": world_size,
-            "versions": versions()}
+    return {
+        "recipe": flat,
+        "tokenizer_hash": tokenizer,
+        "data_fingerprint": data,
+        "world_size": world_size,
+        "versions": versions(),
+    }
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -78,7 +88,9 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Path)
             diffs.append(f"{lib} {saved.get('versions', {}).get(lib)} in the checkpoint, {version} now")
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise UserError(f"cannot resume from {where}: it was made by a different run: {'; '.join(diffs[:3])}{more}")
+        raise UserError(
+            f"cannot resume from {where}: it was made by a different run: {'; '.join(diffs[:3])}{more}"
+        )
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,7 +112,16 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"step-{step:07d}"
 
 
-def save(directory: Path, model, tokenizer, optimizer, scheduler, rng_states: list, state: dict[str, Any], keep_last: int) -> None:
+def save(
+    directory: Path,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    rng_states: list,
+    state: dict[str, Any],
+    keep_last: int,
+) -> None:
     """Write a checkpoint atomically (call on the main process only) and keep the newest ``keep_last``."""
     tmp = directory.with_name(f".tmp-{directory.name}")
     if tmp.exists():
@@ -135,7 +156,9 @@ def find(output_dir: Path, resume: str) -> Path:
         return found[-1]
     path = Path(resume).expanduser()
     if not (path / STATE_FILE).is_file():
-        raise UserError(f"--resume {resume}: not a training checkpoint (no {STATE_FILE}); pass 'latest' or a step-* directory")
+        raise UserError(
+            f"--resume {resume}: not a training checkpoint (no {STATE_FILE}); pass 'latest' or a step-* directory"
+        )
     return path
 
 

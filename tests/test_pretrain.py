@@ -16,8 +16,14 @@ from longattn_cli.pretrain import run
 from longattn_cli.testing import python_docs_text, tiny_reference
 
 TINY = [
-    "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.intermediate_size=48",
-    "model.vocab_size=400", "data.max_length=64", "training.batch_size=2", "training.warmup_steps=2",
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.intermediate_size=48",
+    "model.vocab_size=400",
+    "data.max_length=64",
+    "training.batch_size=2",
+    "training.warmup_steps=2",
     "training.log_every=1",
 ]
 
@@ -52,8 +58,15 @@ def weights(directory):
 
 def test_recipe_run_writes_a_checkpoint_that_fill_mask_loads(tmp_path, corpus, cache, capsys):
     out = tmp_path / "run"
-    code, stdout, err = cli(["pretrain", "--recipe", "recipes/pretrain/default.yaml",
-                             *args(out, corpus, cache, "training.max_steps=4", "training.save_every=2")], capsys)
+    code, stdout, err = cli(
+        [
+            "pretrain",
+            "--recipe",
+            "recipes/pretrain/default.yaml",
+            *args(out, corpus, cache, "training.max_steps=4", "training.save_every=2"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     for name in ("config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "metrics.jsonl"):
         assert (out / name).is_file(), name
@@ -74,8 +87,14 @@ def test_recipe_run_writes_a_checkpoint_that_fill_mask_loads(tmp_path, corpus, c
 def test_resume_continues_bit_exactly(tmp_path, corpus, cache, streaming):
     """6 steps in one go == 3 steps, stopped by SIGINT, then resumed for the rest: identical weights."""
     full, split = tmp_path / "full", tmp_path / "split"
-    common = ["training.max_steps=6", "training.save_every=100", "model.dropout=0.1", "training.learning_rate=3e-3",
-              f"data.streaming={streaming}", "data.streaming_examples=8"]
+    common = [
+        "training.max_steps=6",
+        "training.save_every=100",
+        "model.dropout=0.1",
+        "training.learning_rate=3e-3",
+        f"data.streaming={streaming}",
+        "data.streaming_examples=8",
+    ]
     assert run(load_recipe("pretrain", None, _ov(args(full, corpus, cache, *common)))) == 0
 
     def interrupt(step, model):
@@ -87,7 +106,10 @@ def test_resume_continues_bit_exactly(tmp_path, corpus, cache, streaming):
     saved = [p.name for p in (split / "checkpoints").iterdir()]
     assert saved == ["step-0000004"]
     assert not (split / "model.safetensors").exists()  # no final model for an interrupted run
-    assert run(load_recipe("pretrain", None, _ov(args(split, corpus, cache, *common, "training.resume=latest")))) == 0
+    assert (
+        run(load_recipe("pretrain", None, _ov(args(split, corpus, cache, *common, "training.resume=latest"))))
+        == 0
+    )
     a, b = weights(full), weights(split)
     assert a.keys() == b.keys()
     for k in a:
@@ -102,10 +124,20 @@ def test_resume_with_a_different_recipe_fails_fast(tmp_path, corpus, cache, caps
     out = tmp_path / "run"
     assert run(load_recipe("pretrain", None, _ov(args(out, corpus, cache, "training.max_steps=2")))) == 0
     capsys.readouterr()
-    code, _, err = cli(["pretrain", *args(out, corpus, cache, "training.max_steps=2", "training.learning_rate=0.5"),
-                        "--resume", "latest"], capsys)
+    code, _, err = cli(
+        [
+            "pretrain",
+            *args(out, corpus, cache, "training.max_steps=2", "training.learning_rate=0.5"),
+            "--resume",
+            "latest",
+        ],
+        capsys,
+    )
     assert code == 2
-    assert "training.learning_rate=0.001 in the checkpoint, 0.5 now" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "training.learning_rate=0.001 in the checkpoint, 0.5 now" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cache):
@@ -119,7 +151,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cac
     from longattn_cli.errors import UserError
 
     with pytest.raises(UserError, match=r"loss is nan at step 4; .*checkpoint is .*step-0000002"):
-        run(load_recipe("pretrain", None, _ov(args(out, corpus, cache, "training.max_steps=6", "training.save_every=2"))), on_step=poison)
+        run(
+            load_recipe(
+                "pretrain",
+                None,
+                _ov(args(out, corpus, cache, "training.max_steps=6", "training.save_every=2")),
+            ),
+            on_step=poison,
+        )
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
     assert all(torch.isfinite(v).all() for v in weights(out / "checkpoints" / "step-0000002").values())
 
@@ -137,8 +176,12 @@ def test_packed_data_is_cached_and_reused(tmp_path, corpus, cache):
     assert first.fingerprint == second.fingerprint
     assert all(len(x) == 64 for x in first.train["input_ids"])
     changed = tmp_path / "other.txt"
-    changed.write_text(corpus.read_text() + "\n\nOne more paragraph that changes the fingerprint of the data.\n")
-    third = build(load_recipe("pretrain", None, _ov(args(tmp_path, changed, tmp_path / "cache"))), Accelerator())
+    changed.write_text(
+        corpus.read_text() + "\n\nOne more paragraph that changes the fingerprint of the data.\n"
+    )
+    third = build(
+        load_recipe("pretrain", None, _ov(args(tmp_path, changed, tmp_path / "cache"))), Accelerator()
+    )
     assert third.fingerprint["data"] != first.fingerprint["data"]
     assert third.fingerprint["tokenizer"] != first.fingerprint["tokenizer"] or True  # retrained on other text
 
@@ -190,7 +233,9 @@ def _bad(tmp_path, name, text):
         ("no-checkpoint", "no checkpoint under"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(case, expect, tmp_path, corpus, cache, capsys, roberta_dir, wordpiece_dir, monkeypatch):
+def test_bad_input_is_one_line_and_exit_code_2(
+    case, expect, tmp_path, corpus, cache, capsys, roberta_dir, wordpiece_dir, monkeypatch
+):
     source = corpus
     extra = []
     if case == "missing":

@@ -16,8 +16,13 @@ RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
 
 def test_there_are_recipes_for_every_command_and_published_shape():
     names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
-    assert {"pretrain/default", "pretrain/yoso-4096", "pretrain/nystromformer-512", "pretrain/nystromformer-4096",
-            "pretrain/lsg-base-4096"} <= names
+    assert {
+        "pretrain/default",
+        "pretrain/yoso-4096",
+        "pretrain/nystromformer-512",
+        "pretrain/nystromformer-4096",
+        "pretrain/lsg-base-4096",
+    } <= names
     assert {f"pretrain/small-{m}" for m in ("softmax", "yoso", "nystrom", "lsg")} <= names
     assert any(n.startswith("finetune/") for n in names)
 
@@ -46,18 +51,29 @@ def test_recipe_builds(path):
 
 
 def test_overrides_win_and_unknown_keys_list_the_valid_ones():
-    recipe = load_recipe("pretrain", ROOT / "recipes/pretrain/default.yaml",
-                         parse_overrides(["training.max_steps=7", "model.attention_settings.implementation=eager", "data.max_length=128"]))
+    recipe = load_recipe(
+        "pretrain",
+        ROOT / "recipes/pretrain/default.yaml",
+        parse_overrides(
+            ["training.max_steps=7", "model.attention_settings.implementation=eager", "data.max_length=128"]
+        ),
+    )
     assert recipe.training.max_steps == 7 and recipe.data.max_length == 128
     assert recipe.model.attention_settings == {"implementation": "eager"}
-    with pytest.raises(UserError, match=r"unknown recipe key 'data.max_len'; valid keys in data: source, config"):
+    with pytest.raises(
+        UserError, match=r"unknown recipe key 'data.max_len'; valid keys in data: source, config"
+    ):
         load_recipe("pretrain", None, {"data.max_len": 3})
     with pytest.raises(UserError, match=r"unknown recipe key 'optimizer'; valid keys: model, data, training"):
         load_recipe("pretrain", None, {"optimizer.lr": 3})
-    with pytest.raises(UserError, match=r"unknown setting\(s\) heads for attention 'softmax'; valid: implementation"):
+    with pytest.raises(
+        UserError, match=r"unknown setting\(s\) heads for attention 'softmax'; valid: implementation"
+    ):
         load_recipe("pretrain", None, {"model.attention_settings.heads": 3})
 
 
 def test_finetune_keeps_its_own_defaults_when_a_section_is_given_in_part():
-    recipe = load_recipe("finetune", None, {"model.source": "x", "data.source": "y.csv", "training.batch_size": 2})
+    recipe = load_recipe(
+        "finetune", None, {"model.source": "x", "data.source": "y.csv", "training.batch_size": 2}
+    )
     assert recipe.training.learning_rate == 3e-5 and recipe.training.output_dir == "runs/finetune"
