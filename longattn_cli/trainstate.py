@@ -186,4 +186,4 @@ def load_training_state(path: Path, optimizer, scheduler, rank: int) -> dict[str
     """Optimizer and scheduler state; returns this process's random state (set it last)."""
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return torch.load(path / "rng.pt", weights_only=False)[rank]  # our own file: Python's state is a tuple
+    return torch.load(path / "rng.pt", weights_only=True)[rank]

@@ -72,7 +72,7 @@ def test_two_processes_train_and_resume_bit_exactly(tmp_path):
     state = json.loads((full / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert state["signature"]["world_size"] == 2
     assert (
-        len(torch.load(full / "checkpoints" / "step-0000003" / "rng.pt", weights_only=False)) == 2
+        len(torch.load(full / "checkpoints" / "step-0000003" / "rng.pt", weights_only=True)) == 2
     )  # both ranks' RNG
     lines = (full / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]  # one writer

@@ -295,3 +295,21 @@ def test_default_recipe_runs_offline_and_fill_mask_loads_it(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["max_position_embeddings"] >= 4096
     assert predict(["The <mask> statement."], str(out), top_k=1)
     shutil.rmtree(out)
+
+
+def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_path, corpus, cache):
+    out = tmp_path / "run"
+    valid = tmp_path / "valid.txt"
+    valid.write_text("\n\n".join(python_docs_text()[300:360]) + "\n")
+    over = args(out, corpus, cache, "training.max_steps=4", "training.eval_every=2", f"data.validation={valid}",
+                "training.gradient_accumulation_steps=2")
+    assert run(load_recipe("pretrain", None, _ov(over))) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if "eval_loss" in x]
+    assert [x["step"] for x in evals] == [2, 4] and all(x["eval_perplexity"] > 1 for x in evals)
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    best = min(evals, key=lambda x: x["eval_loss"])
+    state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
+    assert state["best_step"] == best["step"] and state["tokens"] == 4 * 2 * 2 * 64  # steps × micro × batch × length
+    final, kept = weights(out), weights(out / "best")
+    assert all(torch.equal(final[k], kept[k]) for k in final)
