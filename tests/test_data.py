@@ -10,6 +10,8 @@ from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, sou
 from longattn_cli.testing import python_docs_text
 from longattn_cli.train import Order
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def data_section(tmp_path, **over):
     return load_recipe("pretrain", None, {"data.cache_dir": str(tmp_path / "cache"), **{f"data.{k}": v for k, v in over.items()}}).data

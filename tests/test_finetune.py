@@ -17,6 +17,8 @@ from longattn_cli.testing import python_docs_text, tiny_reference
 
 WORDS = ["loop", "class", "return", "import", "yield", "lambda"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def roberta_dir(tmp_path_factory, bpe_dir):

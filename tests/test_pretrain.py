@@ -27,6 +27,8 @@ TINY = [
     "training.log_every=1",
 ]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
