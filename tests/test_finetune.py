@@ -256,3 +256,22 @@ def test_bad_input_is_one_line_and_exit_code_2(extra, expect, tmp_path, roberta_
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert expect in err
+
+
+def test_interrupted_finetuning_resumes_to_the_same_model(tmp_path, roberta_dir, datasets_dir):
+    import os
+    import signal
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    extra = ("model.dropout=0.1", "training.save_every=100")
+    assert run(recipe(full, roberta_dir, datasets_dir, "single", *extra)) == 0
+
+    def interrupt(step, model):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra), on_step=interrupt) == 128 + signal.SIGTERM
+    assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra, "training.resume=latest")) == 0
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert predictions(full) == predictions(split)
