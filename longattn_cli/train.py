@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 import signal
 import time
@@ -29,6 +28,7 @@ from longattn_cli import trainstate
 from longattn_cli.config import to_dict
 from longattn_cli.errors import UserError
 from longattn_cli.progress import Reporter
+from longattn_cli.sampling import Order, StreamOrder
 
 
 @dataclasses.dataclass
@@ -62,73 +62,6 @@ class Job:
     finish: Callable[[Any], dict[str, Any]] | None = None
     stream_length: int | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
-
-
-class Order:
-    """Which examples form micro-batch ``(step, micro)`` on process ``rank``: a seeded permutation per epoch.
-
-    One step takes ``batch × world × accumulation`` examples; an epoch is the whole steps that fit (a
-    remainder smaller than one step is left for the next epoch's shuffle).
-    """
-
-    def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int):
-        self.n, self.batch, self.world, self.rank, self.accumulation, self.seed = (
-            n,
-            batch,
-            world,
-            rank,
-            accumulation,
-            seed,
-        )
-        self.per_step = batch * world * accumulation
-        self.steps_per_epoch = n // self.per_step
-        if self.steps_per_epoch == 0:
-            raise UserError(
-                f"the training data has {n} example(s), fewer than one step takes (batch_size {batch} × "
-                f"{world} process(es) × gradient_accumulation_steps {accumulation}); lower them or add data"
-            )
-        self._epoch, self._perm = -1, None
-
-    def indices(self, step: int, micro: int) -> list[int]:
-        epoch, within = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
-        start = within * self.per_step + (micro * self.world + self.rank) * self.batch
-        return self._perm[start : start + self.batch]
-
-    def key(self, step: int, micro: int) -> int:
-        """A number unique to this micro-batch of this process (seeds its masking)."""
-        return (step * self.accumulation + micro) * self.world + self.rank
-
-
-class StreamOrder:
-    """The same contract for a streamed dataset: examples in stream order, process ``r`` taking its slice."""
-
-    def __init__(
-        self, ds, length: int, batch: int, world: int, rank: int, accumulation: int, start_step: int
-    ):
-        self.batch, self.world, self.rank, self.accumulation = batch, world, rank, accumulation
-        self.per_step = batch * world * accumulation
-        self.steps_per_epoch = max(1, length // self.per_step)
-        self.ds = ds
-        self.it = itertools.islice(self._forever(), start_step * self.per_step, None)
-
-    def _forever(self):
-        for _epoch in itertools.count():
-            empty = True
-            for ex in self.ds:
-                empty = False
-                yield ex
-            if empty:
-                raise UserError("the streamed training data holds no examples")
-
-    def indices(self, step: int, micro: int) -> list[dict[str, Any]]:
-        group = list(itertools.islice(self.it, self.batch * self.world))
-        return group[self.rank * self.batch : (self.rank + 1) * self.batch]
-
-    def key(self, step: int, micro: int) -> int:
-        return (step * self.accumulation + micro) * self.world + self.rank
 
 
 class Stop:
@@ -195,177 +128,215 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
         UserError: bad input, a checkpoint from a different run, or a NaN/inf loss (the message names the step).
     """
     import datasets
-    from accelerate.utils import gather_object, set_seed
-    from transformers import get_scheduler
+    from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()  # our own progress bar and notes say what happens
     hf_logging.disable_progress_bar()
     cfg = recipe.training
-    out = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg.mixed_precision)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     set_seed(cfg.seed)  # identical initial weights on every process
-    if cfg.resume:  # a different recipe fails before any data is read
-        where = trainstate.find(out, cfg.resume)
-        saved = trainstate.read_state(where)
-        early = trainstate.signature(
-            to_dict(recipe),
-            saved["signature"]["tokenizer_hash"],
-            saved["signature"]["data_fingerprint"],
-            world,
-        )
-        trainstate.check_signature(saved["signature"], early, where)
+    resume = _check_resume(recipe, accelerator.num_processes) if cfg.resume else None
     with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
         job = build(recipe, accelerator)
-    if job.stream_length is None:
-        order = Order(len(job.train), cfg.batch_size, world, rank, cfg.gradient_accumulation_steps, cfg.seed)
-    else:
-        order = None  # built below, once the start step is known
-    steps_per_epoch = (
-        order.steps_per_epoch
-        if order
-        else max(1, job.stream_length // (cfg.batch_size * world * cfg.gradient_accumulation_steps))
-    )
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(param_groups(job.model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = get_scheduler(
-        cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total
-    )
-    sig = trainstate.signature(to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], world)
+    run = _Run(recipe, job, accelerator, resume)
+    return run.train(on_step)
 
-    state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
-    rng = None
-    if cfg.resume:
-        trainstate.check_signature(saved["signature"], sig, where)
-        trainstate.load_weights(job.model, where)
-        rng = trainstate.load_training_state(where, optimizer, scheduler, rank)
-        state.update({k: saved[k] for k in state})
-    objective, optimizer = accelerator.prepare(job.objective, optimizer)
-    if order is None:
-        order = StreamOrder(
-            job.train,
-            job.stream_length,
-            cfg.batch_size,
-            world,
-            rank,
-            cfg.gradient_accumulation_steps,
-            state["step"],
+
+def _check_resume(recipe, world: int) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to resume from; a different recipe fails here, before any data is read."""
+    where = trainstate.find(Path(recipe.training.output_dir), recipe.training.resume)
+    saved = trainstate.read_state(where)
+    old = saved["signature"]
+    now = trainstate.signature(to_dict(recipe), old["tokenizer_hash"], old["data_fingerprint"], world)
+    trainstate.check_signature(old, now, where)
+    return where, saved
+
+
+class _Run:
+    """One training run: optimizer, schedule, data order, state, and the loop over steps."""
+
+    def __init__(self, recipe, job: Job, accelerator, resume: tuple[Path, dict[str, Any]] | None):
+        from transformers import get_scheduler
+
+        cfg = self.cfg = recipe.training
+        self.job, self.accelerator, self.recipe = job, accelerator, recipe
+        self.out = Path(cfg.output_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        micro = cfg.batch_size * self.world * cfg.gradient_accumulation_steps
+        if job.stream_length is None:
+            order = Order(
+                len(job.train),
+                cfg.batch_size,
+                self.world,
+                self.rank,
+                cfg.gradient_accumulation_steps,
+                cfg.seed,
+            )
+            self.steps_per_epoch = order.steps_per_epoch
+        else:
+            self.steps_per_epoch = max(1, job.stream_length // micro)
+        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        optimizer = torch.optim.AdamW(param_groups(job.model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = get_scheduler(
+            cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total
         )
-    if rng is not None:
-        trainstate.set_rng_state(rng)  # last: everything above may have drawn random numbers
-    else:
-        torch.manual_seed(cfg.seed * 1_000_003 + rank)  # dropout differs across processes, as it should
-    if main:
-        _write_recipe(out, recipe)
+        self.signature = trainstate.signature(
+            to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], self.world
+        )
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
+        self.resumed_from = None
+        rng = self._restore(resume, optimizer) if resume else None
+        self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
+        if job.stream_length is not None:
+            order = StreamOrder(
+                job.train,
+                job.stream_length,
+                cfg.batch_size,
+                self.world,
+                self.rank,
+                cfg.gradient_accumulation_steps,
+                self.state["step"],
+            )
+        self.order = order
+        if rng is not None:
+            trainstate.set_rng_state(rng)  # last: everything above may have drawn random numbers
+        else:
+            torch.manual_seed(
+                cfg.seed * 1_000_003 + self.rank
+            )  # dropout differs across processes, as it should
+        self.params = [p for p in job.model.parameters() if p.requires_grad]
+        self.last_checkpoint = (trainstate.list_checkpoints(self.out / "checkpoints")[-1:] or [None])[0]
 
-    def save_checkpoint() -> Path:
-        where = trainstate.checkpoint_dir(out, state["step"])
-        rngs = gather_object([trainstate.rng_state()])
+    def _restore(self, resume: tuple[Path, dict[str, Any]], optimizer) -> dict[str, Any]:
+        """Weights, optimizer, schedule and step from a checkpoint; returns this process's random state."""
+        where, saved = resume
+        trainstate.check_signature(saved["signature"], self.signature, where)  # now with tokenizer and data
+        trainstate.load_weights(self.job.model, where)
+        rng = trainstate.load_training_state(where, optimizer, self.scheduler, self.rank)
+        self.state.update({k: saved[k] for k in self.state})
+        self.resumed_from = where
+        return rng
+
+    def train(self, on_step) -> int:
+        cfg, job, state = self.cfg, self.job, self.state
+        main = self.accelerator.is_main_process
         if main:
-            record = dict(state, signature=sig, total_steps=total)
+            _write_recipe(self.out, self.recipe)
+        start, began = state["step"], time.perf_counter()
+        with Stop() as stop, Reporter(main, self.out, self.total, state["step"], cfg.log_every) as report:
+            for note in job.notes + (
+                [f"resumed from {self.resumed_from} at step {start}"] if self.resumed_from else []
+            ):
+                report.note(note)
+            self.objective.train()
+            while state["step"] < self.total:
+                loss, lr, tokens, grad_norm, stopping = self._step(stop)
+                step = state["step"]
+                report.step(
+                    step,
+                    loss,
+                    lr,
+                    tokens,
+                    grad_norm,
+                    step / self.steps_per_epoch,
+                )
+                if on_step:
+                    on_step(step, job.model)
+                if job.evaluate and _due(step, cfg.eval_every, self.steps_per_epoch, self.total):
+                    _evaluate(job, self.accelerator, self.objective, state, self.out, report, step)
+                if stopping or step == self.total or (cfg.save_every and step % cfg.save_every == 0):
+                    self.last_checkpoint = self._save()
+                if stopping:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
+                    report.note(
+                        f"stopped by {name} at step {step}; checkpoint saved to {self.last_checkpoint}; "
+                        "continue with --resume latest"
+                    )
+                    return 128 + (stop.signal or signal.SIGTERM)
+            rows = _finish(job, self.accelerator, self.objective, state, self.out)
+        report.summary(
+            {
+                "steps": f"{start} → {state['step']}",
+                "processes": self.world,
+                "tokens": state["tokens"],
+                "time (s)": round(time.perf_counter() - began, 1),
+                "tokens/s": report.tokens_per_second,
+                "final loss": report.last.get("loss", float("nan")),
+                **rows,
+                "model": str(self.out),
+                "last checkpoint": str(self.last_checkpoint),
+            }
+        )
+        return 0
+
+    def _step(self, stop: Stop) -> tuple[float, float, int, float | None, bool]:
+        """One optimizer step over the accumulated micro-batches: (mean loss, its lr, tokens, grad norm, stop?)."""
+        cfg, job, accelerator = self.cfg, self.job, self.accelerator
+        step, accumulation = self.state["step"], cfg.gradient_accumulation_steps
+        loss_sum, tokens = 0.0, 0
+        for micro in range(accumulation):
+            examples = self.order.examples(job.train, step, micro)
+            batch = {
+                k: v.to(accelerator.device)
+                for k, v in job.collate(examples, self.order.key(step, micro)).items()
+            }
+            # Gradients are averaged across processes only on the last micro-batch.
+            with (
+                contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(self.objective)
+            ):
+                loss = self.objective(**batch)
+                accelerator.backward(loss / accumulation)
+            loss_sum += loss.item()
+            tokens += job.tokens(batch)
+        grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+        # One all-reduce carries the loss, the token count and whether any process was signalled to stop.
+        stats = torch.tensor(
+            [loss_sum / accumulation, tokens, float(stop.signal is not None)],
+            device=accelerator.device,
+            dtype=torch.float64,
+        )
+        loss, tokens, stopping = accelerator.reduce(stats, "sum").tolist()
+        loss /= self.world
+        if not math.isfinite(loss):
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was written yet"
+            )
+            raise UserError(
+                f"loss is {loss} at step {step + 1}; training stopped and {kept} "
+                "(lower training.learning_rate or check the data)"
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] = step + 1
+        self.state["tokens"] += int(tokens)
+        return loss, lr, int(tokens), None if grad_norm is None else float(grad_norm), stopping > 0
+
+    def _save(self) -> Path:
+        """A checkpoint of the current step; every process hands its random state to the main one."""
+        from accelerate.utils import gather_object
+
+        where = trainstate.checkpoint_dir(self.out, self.state["step"])
+        rngs = gather_object([trainstate.rng_state()])
+        if self.accelerator.is_main_process:
+            record = dict(self.state, signature=self.signature, total_steps=self.total)
+            model = self.accelerator.unwrap_model(self.objective).model
             trainstate.save(
                 where,
-                accelerator.unwrap_model(objective).model,
-                job.tokenizer,
-                optimizer.optimizer,
-                scheduler,
+                model,
+                self.job.tokenizer,
+                self.optimizer.optimizer,
+                self.scheduler,
                 rngs,
                 record,
-                cfg.keep_last,
+                self.cfg.keep_last,
             )
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
         return where
-
-    device = accelerator.device
-    params = [p for p in job.model.parameters() if p.requires_grad]
-    last_saved = trainstate.list_checkpoints(out / "checkpoints")[-1:] or [None]
-    last_checkpoint = last_saved[0]
-    start_step = state["step"]
-    began = time.perf_counter()
-    with Stop() as stop, Reporter(main, out, total, state["step"], cfg.log_every) as report:
-        for note in job.notes:
-            report.note(note)
-        if cfg.resume:
-            report.note(f"resumed from {where} at step {state['step']}")
-        objective.train()
-        while state["step"] < total:
-            step = state["step"]
-            loss_sum = torch.zeros((), device=device)
-            tokens = 0
-            for micro in range(cfg.gradient_accumulation_steps):
-                picked = order.indices(step, micro)
-                examples = _rows(job.train, picked) if order.__class__ is Order else picked
-                batch = {k: v.to(device) for k, v in job.collate(examples, order.key(step, micro)).items()}
-                last = micro == cfg.gradient_accumulation_steps - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(objective):
-                    loss = objective(**batch)
-                    accelerator.backward(loss / cfg.gradient_accumulation_steps)
-                loss_sum += loss.detach().float()
-                tokens += job.tokens(batch)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
-            # One all-reduce carries the loss, the token count and whether any process was signalled to stop.
-            stats = torch.tensor(
-                [loss_sum.item() / cfg.gradient_accumulation_steps, tokens, float(stop.signal is not None)],
-                device=device,
-                dtype=torch.float64,
-            )
-            stats = accelerator.reduce(stats, "sum")
-            mean_loss = stats[0].item() / world
-            if not math.isfinite(mean_loss):
-                optimizer.zero_grad(set_to_none=True)
-                kept = (
-                    f"the last good checkpoint is {last_checkpoint}"
-                    if last_checkpoint
-                    else "no checkpoint was written yet"
-                )
-                raise UserError(
-                    f"loss is {mean_loss} at step {step + 1}; training stopped and {kept} (lower training.learning_rate or check the data)"
-                )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] = step = step + 1
-            state["tokens"] += int(stats[1].item())
-            norm = None if grad_norm is None else float(grad_norm)
-            report.step(step, mean_loss, lr, int(stats[1].item()), norm, step / steps_per_epoch)
-            if on_step:
-                on_step(step, job.model)
-
-            if job.evaluate and _due(step, cfg.eval_every, steps_per_epoch, total):
-                _evaluate(job, accelerator, objective, state, out, report, step)
-            stopping = stats[2].item() > 0
-            if stopping or step == total or (cfg.save_every and step % cfg.save_every == 0):
-                last_checkpoint = save_checkpoint()
-            if stopping:
-                name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
-                report.note(
-                    f"stopped by {name} at step {step}; checkpoint saved to {last_checkpoint}; continue with --resume latest"
-                )
-                return 128 + (stop.signal or signal.SIGTERM)
-
-        rows = _finish(job, accelerator, objective, state, out, report)
-    elapsed = time.perf_counter() - began
-    report.summary(
-        {
-            "steps": f"{start_step} → {state['step']}",
-            "processes": world,
-            "tokens": state["tokens"],
-            "time (s)": round(elapsed, 1),
-            "tokens/s": report.tokens_per_second,
-            "final loss": report.last.get("loss", float("nan")),
-            **rows,
-            "model": str(out),
-            "last checkpoint": str(last_checkpoint),
-        }
-    )
-    return 0
-
-
-def _rows(ds, indices: list[int]) -> list[dict[str, Any]]:
-    batch = ds[indices]  # columnar: {column: [values]}
-    return [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
 
 def _due(step: int, every: int | None, steps_per_epoch: int, total: int) -> bool:
@@ -412,7 +383,7 @@ def _save_model(model, tokenizer, directory: Path) -> None:
     tmp.replace(directory)
 
 
-def _finish(job: Job, accelerator, objective, state, out: Path, report: Reporter) -> dict[str, Any]:
+def _finish(job: Job, accelerator, objective, state, out: Path) -> dict[str, Any]:
     """Write the final (or best) model into the output directory itself, then the job's own closing work."""
     rows: dict[str, Any] = {}
     if accelerator.is_main_process:

@@ -8,7 +8,7 @@ import torch
 from longattn_cli.config import load_recipe
 from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
 from longattn_cli.testing import python_docs_text
-from longattn_cli.train import Order
+from longattn_cli.sampling import Order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
