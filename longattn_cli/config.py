@@ -120,7 +120,7 @@ class PretrainModelConfig(ModelConfig):
     """``model`` section of a pretraining recipe: the architecture of a model trained from scratch."""
 
     attention: str | None = _doc(
-        "attention mechanism (softmax, yoso, nystrom, lsg); null keeps the source's", "softmax"
+        "attention mechanism (softmax, yoso, nystrom, lsg); null = softmax from scratch, or the source checkpoint's"
     )
     tokenizer: str | None = _doc(
         "tokenizer directory or hub id; null = the source's, or (from scratch) a byte-level BPE trained on the corpus"
@@ -138,6 +138,8 @@ class PretrainModelConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.attention is None and self.source is None:  # from scratch, softmax is what will be built
+            _check_attention("softmax", self.attention_settings)
         _positive(
             "model",
             vocab_size=self.vocab_size,
