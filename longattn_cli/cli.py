@@ -13,10 +13,6 @@ except ImportError:  # pragma: no cover - older typer
 
 from longattn_cli.errors import UserError
 
-# typer's own copy of click has neither Abort nor Exit; an `except` naming a missing one would raise
-# AttributeError on every exception that reaches it (Ctrl-C, sys.exit) instead of handling it.
-_ABORT = tuple(getattr(click_errors, n) for n in ("Abort",) if hasattr(click_errors, n))
-_EXIT = tuple(getattr(click_errors, n) for n in ("Exit",) if hasattr(click_errors, n))
 
 app = typer.Typer(
     name="longattn",
@@ -214,10 +210,70 @@ def convert_cmd(
         convert.render_check(result, max_length)
 
 
+OVERRIDES_HELP = "Recipe overrides, key=value with dotted keys (they win over the recipe), e.g. training.max_steps=100."
+RESUME_HELP = "Continue from 'latest' (the newest checkpoint in the output directory) or a checkpoint directory."
+
+
+def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: str | None, show: bool) -> None:
+    import logging
+
+    import datasets
+
+    from longattn_cli.config import load_recipe, parse_overrides, to_dict
+
+    datasets.logging.set_verbosity(logging.CRITICAL)  # bad data becomes one line of ours, not library logs
+    datasets.disable_progress_bars()
+    values = parse_overrides(overrides)
+    if resume:
+        values["training.resume"] = resume
+    loaded = load_recipe(kind, recipe, values)
+    if show:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(loaded), sort_keys=False), end="")
+        return
+    if kind == "pretrain":
+        from longattn_cli.pretrain import run
+    else:
+        from longattn_cli.finetune import run
+    code = run(loaded)
+    if code:
+        sys.exit(code)
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (default: the embedded default recipe)."),
+    resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML and exit."),
+):
+    """Pretrain a masked-language model. With no arguments: a small 4,096-token model on CPython's docs, offline.
+
+    Runs in one process; `accelerate launch -m longattn_cli pretrain ...` runs data parallel.
+    """
+    _train("pretrain", recipe, overrides, resume, show)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/finetune/)."),
+    resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML and exit."),
+):
+    """Fine-tune a checkpoint for sequence or token classification (or regression), with evaluation.
+
+    Runs in one process; `accelerate launch -m longattn_cli finetune ...` runs data parallel.
+    """
+    _train("finetune", recipe, overrides, resume, show)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    import longattn_cli  # noqa: F401  (registers the model family with transformers)
     from transformers.utils import logging as hf_logging
+
+    import longattn_cli  # noqa: F401  (registers the model family with transformers)
 
     hf_logging.set_verbosity_error()  # our own messages say what matters; keep the library's chatter out
     hf_logging.disable_progress_bar()
@@ -233,9 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(where + exc.format_message())
     except click_errors.ClickException as exc:
         _fail(exc.format_message())
-    except (KeyboardInterrupt, *_ABORT):
+    except (typer.Abort, KeyboardInterrupt):
         _fail("aborted", code=130)
-    except _EXIT as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
 
 

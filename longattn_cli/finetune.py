@@ -1,0 +1,266 @@
+"""``longattn finetune``: sequence classification (single-label, multi-label, regression) and token classification.
+
+Starts from any checkpoint ``longattn_cli.checkpoints.load_model`` reads (ours, RoBERTa, BERT, YOSO,
+Nyströmformer, LSG), optionally with another attention mechanism; evaluates on the validation data during
+training, keeps the best model (``OUTPUT/best``, then ``OUTPUT`` itself), and writes predictions for the test
+data (or the validation data when there is no test split) to ``OUTPUT/predictions.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from longattn_cli import data as D
+from longattn_cli import labels as L
+from longattn_cli import metrics as M
+from longattn_cli.errors import UserError
+from longattn_cli.pretrain import apply_freezing, check_fit
+from longattn_cli.train import Job
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class ClassificationObjective(nn.Module):
+    """The head's own loss (cross-entropy, BCE-with-logits or MSE, by ``config.problem_type``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model(**batch).loss
+
+
+def load_split(d, value: str, what: str):
+    """A split named in the recipe: a local file, or a split of the hub dataset ``data.source``."""
+    if D.is_local(value):
+        return D.load_raw(value, "train", d, what=what), D.source_fingerprint(value, "train", d)
+    if D.is_local(d.source):
+        raise UserError(
+            f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file"
+        )
+    return D.load_raw(d.source, value, d, what=what), D.source_fingerprint(d.source, value, d)
+
+
+def load_for_task(m, labels: L.Labels):
+    """The starting checkpoint with a head for ``labels`` (the source's own head when it already fits)."""
+    from longattn_cli.checkpoints import detect_head, load_model, read_config
+    from longattn_cli.hub import resolve
+    from longattn_cli.modeling import HEADS
+
+    src = read_config(resolve(m.source))
+    fields = {
+        "num_labels": labels.num_labels,
+        "id2label": dict(enumerate(labels.names)),
+        "label2id": {n: i for i, n in enumerate(labels.names)},
+        "problem_type": None if labels.problem_type == "token_classification" else labels.problem_type,
+    }
+    if m.dropout is not None:
+        fields.update(hidden_dropout_prob=m.dropout, classifier_dropout=m.dropout)
+    if m.attention_dropout is not None:
+        fields["attention_probs_dropout_prob"] = m.attention_dropout
+    settings = m.attention_settings or None
+    if detect_head(src) == m.task and len(src.get("id2label") or {}) == labels.num_labels:
+        return load_model(m.source, head=m.task, attention=m.attention, attention_settings=settings, **fields)
+    body = load_model(m.source, head="base", attention=m.attention, attention_settings=settings)
+    for k, v in fields.items():
+        setattr(body.config, k, v)
+    model = HEADS[m.task](body.config)  # a fresh head (seeded), the source's encoder
+    model.longattn.load_state_dict(body.state_dict())
+    return model
+
+
+def _tokenizer(m):
+    tok = D.load_tokenizer(m.tokenizer or m.source)
+    if m.task == "token-classification":
+        try:
+            tok(["a", "b"], is_split_into_words=True)
+        except (ValueError, TypeError):  # byte-level BPE needs a prefix space to take pre-split words
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(tok.name_or_path, add_prefix_space=True)
+    return tok
+
+
+def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = False):
+    """Tokenize a split (truncated to ``data.max_length``) and encode its labels when it has them."""
+    has_labels = labels.column in ds.column_names
+    token = task == "token-classification"
+
+    def fn(batch):
+        if token:
+            enc = tokenizer(
+                batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length
+            )
+        else:
+            pair = batch[d.text_pair_column] if d.text_pair_column else None
+            enc = tokenizer(batch[d.text_column], pair, truncation=True, max_length=d.max_length)
+        out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        if token:
+            words = [enc.word_ids(i) for i in range(len(enc["input_ids"]))]
+            first = [
+                [w if w is not None and (j == 0 or ids[j - 1] != w) else -1 for j, w in enumerate(ids)]
+                for ids in words
+            ]
+            if keep_words:
+                out["word_index"] = first
+            if has_labels:  # the first sub-token of each word carries its label; the rest are ignored (-100)
+                out["labels"] = [
+                    [labels.encode(tags[w]) if w >= 0 else -100 for w in f]
+                    for f, tags in zip(first, batch[labels.column], strict=True)
+                ]
+        elif has_labels:
+            out["labels"] = [labels.encode(v) for v in batch[labels.column]]
+        return out
+
+    return ds.map(fn, batched=True, remove_columns=ds.column_names)
+
+
+def _collator(tokenizer, task: str):
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    pad = (
+        DataCollatorForTokenClassification(tokenizer)
+        if task == "token-classification"
+        else DataCollatorWithPadding(tokenizer)
+    )
+
+    def collate(examples: list[dict[str, Any]], key: int = 0) -> dict[str, torch.Tensor]:
+        return pad([{k: v for k, v in ex.items() if k in MODEL_INPUTS} for ex in examples])
+
+    return collate
+
+
+@torch.no_grad()
+def predict(model, ds, collate, batch_size: int) -> tuple[list[torch.Tensor], float | None]:
+    """Logits per example (trimmed to its length for token tasks) and the mean loss when labels are present."""
+    device = next(model.parameters()).device
+    rows = [ds[i] for i in range(len(ds))]
+    out, losses = [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk).items()}
+        result = model(**batch)
+        if result.loss is not None:
+            losses.append(result.loss.item() * len(chunk))
+        for j, ex in enumerate(chunk):
+            logits = result.logits[j].float().cpu()
+            out.append(logits[: len(ex["input_ids"])] if logits.dim() == 2 else logits)
+    return out, (sum(losses) / len(rows) if losses else None)
+
+
+def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
+    if labels.problem_type == "token_classification":
+        flat = torch.cat(logits)
+        gold = torch.tensor([t for ex in ds["labels"] for t in ex])
+    else:
+        flat = torch.stack(logits)
+        gold = torch.tensor(ds["labels"])
+    return M.compute(labels.problem_type, flat, gold)
+
+
+def build(recipe, accelerator) -> Job:
+    """The fine-tuning job: splits, labels, tokenizer, model with its head, evaluation and predictions."""
+    m, d, t = recipe.model, recipe.data, recipe.training
+    if d.streaming:
+        raise UserError("data.streaming is for pretraining corpora; fine-tuning reads its splits whole")
+    kinds = ("words",) if m.task == "token-classification" else ("text",)
+    train = D.load_raw(d.source, d.split, d)
+    prints = [D.source_fingerprint(d.source, d.split, d)]
+    splits = {"train": train}
+    for name in ("validation", "test"):
+        value = getattr(d, name)
+        if value:
+            splits[name], fp = load_split(d, value, f"data.{name}")
+            prints.append(fp)
+    for name, ds in splits.items():
+        where = "data.source" if name == "train" else f"data.{name}"
+        D.check_column(ds, d.text_column, kinds, where)
+        if d.text_pair_column:
+            D.check_column(ds, d.text_pair_column, ("text",), where)
+    labels = L.infer(
+        [s for s in splits.values() if d.label_column in s.column_names] or [train],
+        d.label_column,
+        m.task,
+        m.problem_type,
+    )
+    tokenizer = _tokenizer(m)
+    model = load_for_task(m, labels)
+    check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    notes = apply_freezing(model, m.freeze, m.train_only)
+    notes.append(
+        f"{labels.problem_type.replace('_', ' ')} with {labels.num_labels} output(s); {len(train):,} training examples"
+    )
+    encoded = {k: encode(v, tokenizer, d, labels, m.task, keep_words=k != "train") for k, v in splits.items()}
+    collate = _collator(tokenizer, m.task)
+    metric, higher = M.BEST[labels.problem_type]
+    metric = t.metric_for_best or metric
+    higher = not M.lower_is_better(metric)
+    val = encoded.get("validation")
+    evaluate = None
+    if val is not None and "labels" in val.column_names:
+
+        def evaluate(net) -> dict[str, float]:
+            logits, loss = predict(net, val, collate, 2 * t.batch_size)
+            return {"loss": loss, **score(labels, logits, val)}
+
+    fingerprint = D._sha(
+        prints, labels.names, labels.problem_type, d.max_length, d.text_column, d.text_pair_column
+    )
+    return Job(
+        model=model,
+        objective=ClassificationObjective(model),
+        tokenizer=tokenizer,
+        train=encoded["train"],
+        collate=collate,
+        tokens=lambda b: int(b["attention_mask"].sum()),
+        fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": fingerprint},
+        evaluate=evaluate,
+        metric_for_best=metric,
+        greater_is_better=higher,
+        finish=lambda net: _finish(net, encoded, splits, labels, collate, t, m.task, d.text_column),
+        notes=notes,
+    )
+
+
+def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_column: str) -> dict[str, Any]:
+    """Predictions for the test split (else validation) in ``predictions.jsonl``; its metrics in ``results.json``."""
+    name = "test" if "test" in encoded else "validation" if "validation" in encoded else None
+    if name is None:
+        return {}
+    ds = encoded[name]
+    logits, loss = predict(model, ds, collate, 2 * t.batch_size)
+    out = Path(t.output_dir)
+    with (out / "predictions.jsonl").open("w") as f:
+        for i, (row, scores) in enumerate(zip(ds, logits, strict=True)):
+            if task == "token-classification":  # words cut off by max_length get None
+                prediction = [None] * len(raw[name][i][text_column])
+                for j, w in enumerate(row["word_index"]):
+                    if w >= 0:
+                        prediction[w] = labels.decode(scores[j].tolist())
+            else:
+                prediction = labels.decode(scores.tolist())
+            item = {"index": i, "prediction": prediction}
+            if labels.column in raw[name].column_names:
+                item["label"] = raw[name][i][labels.column]
+            f.write(json.dumps(item) + "\n")
+    rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
+    if "labels" in ds.column_names:
+        results = {"split": name, "loss": loss, **score(labels, logits, ds)}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
+    return rows
+
+
+def run(recipe, on_step=None) -> int:
+    """Fine-tune as ``recipe`` says; returns the exit code (see :func:`longattn_cli.train.run`)."""
+    from longattn_cli.train import run as train
+
+    return train(recipe, build, on_step)

@@ -1,0 +1,53 @@
+"""Evaluation metrics of fine-tuning: accuracy, F1 and MSE, computed from logits and labels in torch."""
+
+from __future__ import annotations
+
+import torch
+
+
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    """Unweighted mean of per-class F1 over the classes present in ``gold`` or ``pred``."""
+    scores = []
+    for c in torch.unique(torch.cat([pred, gold])):
+        tp = ((pred == c) & (gold == c)).sum().item()
+        fp = ((pred == c) & (gold != c)).sum().item()
+        fn = ((pred != c) & (gold == c)).sum().item()
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def compute(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Metrics for one problem type.
+
+    Args:
+        problem_type: ``single_label_classification`` (accuracy, macro F1), ``multi_label_classification``
+            (exact-match accuracy, micro F1 at logit 0), ``regression`` (MSE) or ``token_classification``
+            (accuracy and macro F1 over the labelled tokens).
+        logits: (examples, outputs), or (tokens, outputs) for token classification.
+        labels: class indices, multi-hot floats or targets, matching ``logits``; -100 marks unlabelled tokens.
+    """
+    if problem_type == "regression":
+        return {"mse": torch.mean((logits.squeeze(-1).double() - labels.double()) ** 2).item()}
+    if problem_type == "multi_label_classification":
+        pred, gold = logits > 0, labels > 0.5
+        tp = (pred & gold).sum().item()
+        wrong = (pred ^ gold).sum().item()
+        return {
+            "accuracy": (pred == gold).all(dim=1).double().mean().item(),
+            "f1": 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0,
+        }
+    keep = labels != -100
+    pred, gold = logits.argmax(-1)[keep], labels[keep]
+    return {"accuracy": (pred == gold).double().mean().item(), "f1": macro_f1(pred, gold)}
+
+
+BEST = {
+    "single_label_classification": ("accuracy", True),
+    "multi_label_classification": ("f1", True),
+    "token_classification": ("f1", True),
+    "regression": ("mse", False),
+}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in ("mse", "loss")

@@ -1,0 +1,217 @@
+"""``longattn pretrain``: masked-language-model pretraining of a long-sequence encoder.
+
+With no arguments it runs the embedded default recipe (the defaults of :class:`~longattn_cli.config.PretrainRecipe`,
+spelled out in ``recipes/pretrain/default.yaml``): a small 4,096-token model trained from scratch, with a
+byte-level BPE tokenizer trained on the way, on the English documentation that ships with CPython. No download.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from longattn_cli import data as D
+from longattn_cli.errors import UserError
+from longattn_cli.train import Job
+
+
+class MaskedLMObjective(nn.Module):
+    """Masked-LM loss that runs the vocabulary projection only where a token is to be predicted.
+
+    The LM head is the largest matrix product of a small long-sequence model (length × vocabulary); computing
+    it at the ~15% masked positions alone gives the same loss as ``LongAttnForMaskedLM(labels=...)`` for a
+    fraction of the work.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        hidden = self.model.longattn(input_ids, attention_mask=attention_mask).last_hidden_state  # (B, N, C)
+        chosen = labels != -100
+        logits = self.model.lm_head(hidden[chosen])  # (M, V) for the M masked tokens only
+        return nn.functional.cross_entropy(logits.float(), labels[chosen])
+
+
+def apply_freezing(model: nn.Module, freeze: list[str], train_only: list[str]) -> list[str]:
+    """Set ``requires_grad`` by parameter-name patterns (fnmatch); returns notes for the user.
+
+    Raises:
+        UserError: a pattern that matches no parameter (with examples of names), or nothing left to train.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in [*freeze, *train_only]:
+        if not fnmatch.filter(names, pattern):
+            raise UserError(
+                f"pattern {pattern!r} matches no parameter; names look like {', '.join(names[:2])}, ..., {names[-1]}"
+            )
+    for name, p in model.named_parameters():
+        if train_only:
+            p.requires_grad = any(fnmatch.fnmatch(name, pat) for pat in train_only)
+        if any(fnmatch.fnmatch(name, pat) for pat in freeze):
+            p.requires_grad = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise UserError("model.freeze / model.train_only leave no parameter to train")
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == total:
+        return []
+    return [f"training {trainable:,} of {total:,} parameters ({trainable / total:.1%})"]
+
+
+def pick_tokenizer(m, d, raw, fingerprint: str):
+    """The tokenizer named by the recipe, the source checkpoint's, or one trained on the corpus."""
+    if m.tokenizer or m.source:
+        return D.load_tokenizer(m.tokenizer or m.source), []
+    tok = D.corpus_tokenizer(raw, d, m.vocab_size, fingerprint)
+    return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
+
+
+def scratch_config(m, d, tokenizer=None):
+    """The :class:`LongAttnConfig` of a model trained from scratch (``model.vocab_size`` without a tokenizer)."""
+    from longattn_cli.modeling import LongAttnConfig
+
+    offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
+    ids = {}
+    if tokenizer is not None:
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        ids = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id if cls is None else cls,
+            "eos_token_id": tokenizer.eos_token_id if sep is None else sep,
+        }
+    return LongAttnConfig(
+        vocab_size=len(tokenizer) if tokenizer is not None else m.vocab_size,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size,
+        hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.attention_dropout or 0.0,
+        max_position_embeddings=d.max_length + offset,
+        position_offset=offset,
+        attention=m.attention or "softmax",
+        attention_settings=m.attention_settings,
+        **ids,
+    )
+
+
+def build_model(m, d, tokenizer):
+    """From scratch (the recipe's architecture) or from ``model.source``, as a ``LongAttnForMaskedLM``."""
+    from longattn_cli.modeling import LongAttnForMaskedLM
+
+    if m.source:
+        from longattn_cli.checkpoints import load_model
+
+        extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
+        model = load_model(
+            m.source,
+            head="masked-lm",
+            attention=m.attention,
+            attention_settings=m.attention_settings or None,
+            **extra,
+        )
+    else:
+        model = LongAttnForMaskedLM(scratch_config(m, d, tokenizer))
+    check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) -> None:
+    """The tokenizer's ids and the requested length must fit the model's tables."""
+    if max_length > config.max_sequence_length:
+        raise UserError(
+            f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
+            "lower it, or convert the model to a longer one with `longattn convert`"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(
+            f"tokenizer {tokenizer_name} does not match the model: it has {len(tokenizer):,} tokens, "
+            f"the model's vocabulary {config.vocab_size:,}"
+        )
+    if (
+        tokenizer.pad_token_id is not None
+        and config.pad_token_id is not None
+        and tokenizer.pad_token_id != config.pad_token_id
+    ):
+        raise UserError(
+            f"tokenizer {tokenizer_name} does not match the model: padding id {tokenizer.pad_token_id}, "
+            f"the model's {config.pad_token_id}"
+        )
+
+
+def build(recipe, accelerator) -> Job:
+    """The pretraining job: data, tokenizer, model, masking and (with ``data.validation``) the MLM loss."""
+    m, d, t = recipe.model, recipe.data, recipe.training
+    raw = D.load_raw(d.source, d.split, d)
+    D.check_column(raw, d.text_column, ("text",), "data.source")
+    fingerprint = D.source_fingerprint(d.source, d.split, d)
+    tokenizer, notes = pick_tokenizer(m, d, raw, fingerprint)
+    tokenizer.model_max_length = d.max_length
+    model = build_model(m, d, tokenizer)
+    notes += apply_freezing(model, m.freeze, m.train_only)
+    packed, data_key, hit = D.pack(raw, tokenizer, d, fingerprint)
+    if not d.streaming:
+        notes.append(
+            f"{len(packed):,} blocks of {d.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})"
+        )
+    collate = D.MaskingCollator(tokenizer, d.mlm_probability, d.whole_word_mask, t.seed)
+    evaluate = None
+    if d.validation:
+        evaluate = _validation(d, tokenizer, collate, t.batch_size)
+    return Job(
+        model=model,
+        objective=MaskedLMObjective(model),
+        tokenizer=tokenizer,
+        train=packed,
+        collate=collate,
+        tokens=lambda b: int(b["attention_mask"].sum()),
+        fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": data_key},
+        evaluate=evaluate,
+        metric_for_best=t.metric_for_best or "loss",
+        greater_is_better=False,
+        stream_length=d.streaming_examples if d.streaming else None,
+        notes=notes,
+    )
+
+
+def _validation(d, tokenizer, collate, batch_size: int):
+    """MLM loss on the validation blocks, with fixed masks (the same every evaluation)."""
+    raw = D.load_raw(
+        d.validation if D.is_local(d.validation) else d.source, d.validation, d, what="data.validation"
+    )
+    D.check_column(raw, d.text_column, ("text",), "data.validation")
+    fingerprint = D.source_fingerprint(
+        d.validation if D.is_local(d.validation) else d.source, d.validation, d
+    )
+    blocks, _, _ = D.pack(raw, tokenizer, d, fingerprint, what="data.validation")
+    rows = (
+        list(blocks.take(256))
+        if not hasattr(blocks, "__len__")
+        else [blocks[i] for i in range(min(len(blocks), 256))]
+    )
+
+    @torch.no_grad()
+    def evaluate(model) -> dict[str, Any]:
+        objective, device = MaskedLMObjective(model), next(model.parameters()).device
+        losses = []
+        for i in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], (1 << 40) + i).items()}
+            losses.append(objective(**batch).item())
+        loss = sum(losses) / len(losses)
+        return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
+
+    return evaluate
+
+
+def run(recipe, on_step=None) -> int:
+    """Pretrain as ``recipe`` says; returns the exit code (see :func:`longattn_cli.train.run`)."""
+    from longattn_cli.train import run as train
+
+    return train(recipe, build, on_step)

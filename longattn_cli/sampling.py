@@ -1,0 +1,82 @@
+"""Which examples each process trains on at each step: a function of the step alone.
+
+A resumed run needs no iterator state: the permutation of epoch ``e`` is seeded by ``(seed, e)``, and micro-batch
+``(step, micro)`` of process ``rank`` is a fixed slice of it. A streamed corpus is read in order, each process
+taking its slice of every group, and a resumed run skips what the interrupted one consumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from longattn_cli.errors import UserError
+
+
+class Order:
+    """Which examples form micro-batch ``(step, micro)`` on process ``rank``: a seeded permutation per epoch.
+
+    One step takes ``batch × world × accumulation`` examples; an epoch is the whole steps that fit (a
+    remainder smaller than one step is left for the next epoch's shuffle).
+    """
+
+    def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int):
+        self.n, self.batch, self.world, self.rank = n, batch, world, rank
+        self.accumulation, self.seed = accumulation, seed
+        self.per_step = batch * world * accumulation
+        self.steps_per_epoch = n // self.per_step
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the training data has {n} example(s), fewer than one step takes (batch_size {batch} × "
+                f"{world} process(es) × gradient_accumulation_steps {accumulation}); lower them or add data"
+            )
+        self._epoch, self._perm = -1, None
+
+    def examples(self, ds, step: int, micro: int) -> list[dict[str, Any]]:
+        """The rows of micro-batch ``(step, micro)`` of this process."""
+        rows = ds[self.indices(step, micro)]  # columnar: {column: [values]}
+        return [dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)]
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+        start = within * self.per_step + (micro * self.world + self.rank) * self.batch
+        return self._perm[start : start + self.batch]
+
+    def key(self, step: int, micro: int) -> int:
+        """A number unique to this micro-batch of this process (seeds its masking)."""
+        return (step * self.accumulation + micro) * self.world + self.rank
+
+
+class StreamOrder:
+    """The same contract for a streamed dataset: examples in stream order, process ``r`` taking its slice."""
+
+    def __init__(
+        self, ds, length: int, batch: int, world: int, rank: int, accumulation: int, start_step: int
+    ):
+        self.batch, self.world, self.rank, self.accumulation = batch, world, rank, accumulation
+        self.per_step = batch * world * accumulation
+        self.steps_per_epoch = max(1, length // self.per_step)
+        self.ds = ds
+        self.it = itertools.islice(self._forever(), start_step * self.per_step, None)
+
+    def _forever(self):
+        for _epoch in itertools.count():
+            empty = True
+            for ex in self.ds:
+                empty = False
+                yield ex
+            if empty:
+                raise UserError("the streamed training data holds no examples")
+
+    def examples(self, ds, step: int, micro: int) -> list[dict[str, Any]]:
+        """The next micro-batch of this process (call in step order)."""
+        group = list(itertools.islice(self.it, self.batch * self.world))
+        return group[self.rank * self.batch : (self.rank + 1) * self.batch]
+
+    def key(self, step: int, micro: int) -> int:
+        return (step * self.accumulation + micro) * self.world + self.rank

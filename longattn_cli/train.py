@@ -1,0 +1,409 @@
+"""The training loop shared by ``longattn pretrain`` and ``longattn finetune``, on accelerate.
+
+A command describes its work as a :class:`Job` (model, objective, data, collator, evaluation); this loop does
+the rest the same way for both: data parallel through accelerate (plain ``longattn`` is one process,
+``accelerate launch -m longattn_cli`` is many), gradient accumulation, clipping, warm-up and schedule, mixed
+precision, checkpoints that resume bit-exactly, SIGINT/SIGTERM handling and NaN detection.
+
+The data order is a function of the step alone (a seeded permutation per epoch, batch ``i`` of process ``r``
+taking its slice of it), and masking is seeded per batch, so "where the data was" is just the step number:
+a resumed run needs no iterator state to continue exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from longattn_cli import trainstate
+from longattn_cli.config import to_dict
+from longattn_cli.errors import UserError
+from longattn_cli.progress import Reporter
+from longattn_cli.sampling import Order, StreamOrder
+
+
+@dataclasses.dataclass
+class Job:
+    """What a command hands to the loop.
+
+    Attributes:
+        model: the Hugging Face model that is saved (and wrapped by ``objective``).
+        objective: ``objective(**batch) -> scalar loss``; owns ``model``.
+        tokenizer: saved with every checkpoint.
+        train: a map-style ``datasets.Dataset``, or an ``IterableDataset`` when streaming.
+        collate: ``(examples, batch_key) -> batch of tensors``; ``batch_key`` is unique per micro-batch.
+        tokens: number of real tokens in a batch (for tokens/s).
+        fingerprint: ``{"tokenizer": hash, "data": fingerprint}``, recorded in checkpoints.
+        evaluate: ``model -> metrics``, run on the main process; ``None`` when there is no validation data.
+        metric_for_best: which metric picks the best checkpoint; ``greater_is_better`` says which way.
+        finish: ``model -> summary rows`` after training (e.g. writes predictions), main process only.
+        stream_length: examples per epoch of a streamed dataset.
+    """
+
+    model: Any
+    objective: nn.Module
+    tokenizer: Any
+    train: Any
+    collate: Callable[[list[dict[str, Any]], int], dict[str, torch.Tensor]]
+    tokens: Callable[[dict[str, torch.Tensor]], int]
+    fingerprint: dict[str, str]
+    evaluate: Callable[[Any], dict[str, float]] | None = None
+    metric_for_best: str = "loss"
+    greater_is_better: bool = False
+    finish: Callable[[Any], dict[str, Any]] | None = None
+    stream_length: int | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Stop:
+    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second signal aborts."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def make_accelerator(precision: str):
+    import os
+
+    from accelerate import Accelerator
+
+    if precision == "auto":
+        precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or (
+            "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        )
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
+    # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    try:
+        return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"training.mixed_precision={precision}: {exc}") from None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, with no weight decay on biases, LayerNorms and embeddings' padding-free vectors."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if p.dim() < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], None] | None = None) -> int:
+    """Train ``recipe`` with the job ``build(recipe, accelerator)`` returns.
+
+    Args:
+        recipe: a :class:`~longattn_cli.config.PretrainRecipe` or :class:`~longattn_cli.config.FinetuneRecipe`.
+        build: ``(recipe, accelerator) -> Job``.
+        on_step: called as ``on_step(step, model)`` after every optimizer step (for tests and extensions).
+
+    Returns:
+        The exit code: 0 when done, 130/143 when SIGINT/SIGTERM stopped the run after saving a checkpoint.
+
+    Raises:
+        UserError: bad input, a checkpoint from a different run, or a NaN/inf loss (the message names the step).
+    """
+    import datasets
+    from accelerate.utils import set_seed
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()  # our own progress bar and notes say what happens
+    hf_logging.disable_progress_bar()
+    cfg = recipe.training
+    accelerator = make_accelerator(cfg.mixed_precision)
+    set_seed(cfg.seed)  # identical initial weights on every process
+    resume = _check_resume(recipe, accelerator.num_processes) if cfg.resume else None
+    with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
+        job = build(recipe, accelerator)
+    run = _Run(recipe, job, accelerator, resume)
+    return run.train(on_step)
+
+
+def _check_resume(recipe, world: int) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to resume from; a different recipe fails here, before any data is read."""
+    where = trainstate.find(Path(recipe.training.output_dir), recipe.training.resume)
+    saved = trainstate.read_state(where)
+    old = saved["signature"]
+    now = trainstate.signature(to_dict(recipe), old["tokenizer_hash"], old["data_fingerprint"], world)
+    trainstate.check_signature(old, now, where)
+    return where, saved
+
+
+class _Run:
+    """One training run: optimizer, schedule, data order, state, and the loop over steps."""
+
+    def __init__(self, recipe, job: Job, accelerator, resume: tuple[Path, dict[str, Any]] | None):
+        from transformers import get_scheduler
+
+        cfg = self.cfg = recipe.training
+        self.job, self.accelerator, self.recipe = job, accelerator, recipe
+        self.out = Path(cfg.output_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        micro = cfg.batch_size * self.world * cfg.gradient_accumulation_steps
+        if job.stream_length is None:
+            order = Order(
+                len(job.train),
+                cfg.batch_size,
+                self.world,
+                self.rank,
+                cfg.gradient_accumulation_steps,
+                cfg.seed,
+            )
+            self.steps_per_epoch = order.steps_per_epoch
+        else:
+            self.steps_per_epoch = max(1, job.stream_length // micro)
+        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        optimizer = torch.optim.AdamW(param_groups(job.model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = get_scheduler(
+            cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total
+        )
+        self.signature = trainstate.signature(
+            to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], self.world
+        )
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
+        self.resumed_from = None
+        rng = self._restore(resume, optimizer) if resume else None
+        self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
+        if job.stream_length is not None:
+            order = StreamOrder(
+                job.train,
+                job.stream_length,
+                cfg.batch_size,
+                self.world,
+                self.rank,
+                cfg.gradient_accumulation_steps,
+                self.state["step"],
+            )
+        self.order = order
+        if rng is not None:
+            trainstate.set_rng_state(rng)  # last: everything above may have drawn random numbers
+        else:
+            torch.manual_seed(
+                cfg.seed * 1_000_003 + self.rank
+            )  # dropout differs across processes, as it should
+        self.params = [p for p in job.model.parameters() if p.requires_grad]
+        self.last_checkpoint = (trainstate.list_checkpoints(self.out / "checkpoints")[-1:] or [None])[0]
+
+    def _restore(self, resume: tuple[Path, dict[str, Any]], optimizer) -> dict[str, Any]:
+        """Weights, optimizer, schedule and step from a checkpoint; returns this process's random state."""
+        where, saved = resume
+        trainstate.check_signature(saved["signature"], self.signature, where)  # now with tokenizer and data
+        trainstate.load_weights(self.job.model, where)
+        rng = trainstate.load_training_state(where, optimizer, self.scheduler, self.rank)
+        self.state.update({k: saved[k] for k in self.state})
+        self.resumed_from = where
+        return rng
+
+    def train(self, on_step) -> int:
+        cfg, job, state = self.cfg, self.job, self.state
+        main = self.accelerator.is_main_process
+        if main:
+            _write_recipe(self.out, self.recipe)
+        start, began = state["step"], time.perf_counter()
+        with Stop() as stop, Reporter(main, self.out, self.total, state["step"], cfg.log_every) as report:
+            for note in job.notes + (
+                [f"resumed from {self.resumed_from} at step {start}"] if self.resumed_from else []
+            ):
+                report.note(note)
+            self.objective.train()
+            while state["step"] < self.total:
+                loss, lr, tokens, grad_norm, stopping = self._step(stop)
+                step = state["step"]
+                report.step(
+                    step,
+                    loss,
+                    lr,
+                    tokens,
+                    grad_norm,
+                    step / self.steps_per_epoch,
+                )
+                if on_step:
+                    on_step(step, job.model)
+                if job.evaluate and _due(step, cfg.eval_every, self.steps_per_epoch, self.total):
+                    _evaluate(job, self.accelerator, self.objective, state, self.out, report, step)
+                if stopping or step == self.total or (cfg.save_every and step % cfg.save_every == 0):
+                    self.last_checkpoint = self._save()
+                if stopping:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
+                    report.note(
+                        f"stopped by {name} at step {step}; checkpoint saved to {self.last_checkpoint}; "
+                        "continue with --resume latest"
+                    )
+                    return 128 + (stop.signal or signal.SIGTERM)
+            rows = _finish(job, self.accelerator, self.objective, state, self.out)
+        report.summary(
+            {
+                "steps": f"{start} → {state['step']}",
+                "processes": self.world,
+                "tokens": state["tokens"],
+                "time (s)": round(time.perf_counter() - began, 1),
+                "tokens/s": report.tokens_per_second,
+                "final loss": report.last.get("loss", float("nan")),
+                **rows,
+                "model": str(self.out),
+                "last checkpoint": str(self.last_checkpoint),
+            }
+        )
+        return 0
+
+    def _step(self, stop: Stop) -> tuple[float, float, int, float | None, bool]:
+        """One optimizer step over the accumulated micro-batches: (mean loss, its lr, tokens, grad norm, stop?)."""
+        cfg, job, accelerator = self.cfg, self.job, self.accelerator
+        step, accumulation = self.state["step"], cfg.gradient_accumulation_steps
+        loss_sum, tokens = 0.0, 0
+        for micro in range(accumulation):
+            examples = self.order.examples(job.train, step, micro)
+            batch = {
+                k: v.to(accelerator.device)
+                for k, v in job.collate(examples, self.order.key(step, micro)).items()
+            }
+            # Gradients are averaged across processes only on the last micro-batch.
+            with (
+                contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(self.objective)
+            ):
+                loss = self.objective(**batch)
+                accelerator.backward(loss / accumulation)
+            loss_sum += loss.item()
+            tokens += job.tokens(batch)
+        grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+        # One all-reduce carries the loss, the token count and whether any process was signalled to stop.
+        stats = torch.tensor(
+            [loss_sum / accumulation, tokens, float(stop.signal is not None)],
+            device=accelerator.device,
+            dtype=torch.float64,
+        )
+        loss, tokens, stopping = accelerator.reduce(stats, "sum").tolist()
+        loss /= self.world
+        if not math.isfinite(loss):
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was written yet"
+            )
+            raise UserError(
+                f"loss is {loss} at step {step + 1}; training stopped and {kept} "
+                "(lower training.learning_rate or check the data)"
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] = step + 1
+        self.state["tokens"] += int(tokens)
+        return loss, lr, int(tokens), None if grad_norm is None else float(grad_norm), stopping > 0
+
+    def _save(self) -> Path:
+        """A checkpoint of the current step; every process hands its random state to the main one."""
+        from accelerate.utils import gather_object
+
+        where = trainstate.checkpoint_dir(self.out, self.state["step"])
+        rngs = gather_object([trainstate.rng_state()])
+        if self.accelerator.is_main_process:
+            record = dict(self.state, signature=self.signature, total_steps=self.total)
+            model = self.accelerator.unwrap_model(self.objective).model
+            trainstate.save(
+                where,
+                model,
+                self.job.tokenizer,
+                self.optimizer.optimizer,
+                self.scheduler,
+                rngs,
+                record,
+                self.cfg.keep_last,
+            )
+        self.accelerator.wait_for_everyone()
+        return where
+
+
+def _due(step: int, every: int | None, steps_per_epoch: int, total: int) -> bool:
+    if step == total:
+        return True
+    return step % every == 0 if every else step % steps_per_epoch == 0
+
+
+def _evaluate(job: Job, accelerator, objective, state, out: Path, report: Reporter, step: int) -> None:
+    """Evaluate on the main process; keep the best model (by ``job.metric_for_best``) in ``OUTPUT/best``."""
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(objective).model
+        model.eval()
+        metrics = job.evaluate(model)
+        model.train()
+        report.eval(step, metrics)
+        value = metrics.get(job.metric_for_best)
+        if value is None:
+            raise UserError(
+                f"training.metric_for_best={job.metric_for_best!r} is not an evaluation metric; valid: {', '.join(metrics)}"
+            )
+        best = state["best_metric"]
+        if best is None or (value > best if job.greater_is_better else value < best):
+            state["best_metric"], state["best_step"] = value, step
+            _save_model(model, job.tokenizer, out / "best")
+    flags = [state["best_metric"], state["best_step"]]
+    from accelerate.utils import broadcast_object_list
+
+    state["best_metric"], state["best_step"] = broadcast_object_list(flags)
+    accelerator.wait_for_everyone()
+
+
+def _save_model(model, tokenizer, directory: Path) -> None:
+    """Save model + tokenizer into ``directory`` atomically (written aside, then renamed into place)."""
+    import shutil
+
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.replace(directory)
+
+
+def _finish(job: Job, accelerator, objective, state, out: Path) -> dict[str, Any]:
+    """Write the final (or best) model into the output directory itself, then the job's own closing work."""
+    rows: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(objective).model
+        if state["best_step"] is not None and (out / "best").is_dir():
+            trainstate.load_weights(model, out / "best")
+            rows[f"best {job.metric_for_best}"] = f"{state['best_metric']:.4f} (step {state['best_step']})"
+        model.eval()
+        _save_model(model, job.tokenizer, out / "model.tmp")
+        for f in (out / "model.tmp").iterdir():
+            f.replace(out / f.name)
+        (out / "model.tmp").rmdir()
+        if job.finish:
+            rows.update(job.finish(model))
+    accelerator.wait_for_everyone()
+    return rows
+
+
+def _write_recipe(out: Path, recipe) -> None:
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -1,0 +1,277 @@
+"""`longattn finetune`: every task from local files, metrics that agree with the written predictions,
+best-checkpoint selection, freezing, attention switching and one-line errors."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from longattn_cli.checkpoints import load_model
+from longattn_cli.cli import main
+from longattn_cli.config import load_recipe, parse_overrides
+from longattn_cli.finetune import run
+from longattn_cli.metrics import compute, macro_f1
+from longattn_cli.testing import python_docs_text, tiny_reference
+
+WORDS = ["loop", "class", "return", "import", "yield", "lambda"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory, bpe_dir):
+    d = tmp_path_factory.mktemp("roberta")
+    tiny_reference("roberta", d, tokenizer_dir=bpe_dir)
+    return d
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets_dir(tmp_path_factory):
+    """Small splits of every task, made from CPython's docs (label rules the model can pick up)."""
+    d = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    texts = [t[:200] for t in python_docs_text()[:120]]
+    for split, part in (("train", texts[:80]), ("validation", texts[80:100]), ("test", texts[100:])):
+        single = [{"text": t, "label": "code" if any(w in t for w in WORDS) else "prose"} for t in part]
+        _write(d / f"single-{split}.jsonl", single)
+        multi = [{"text": t, "labels": [w for w in WORDS[:3] if w in t]} for t in part]
+        _write(d / f"multi-{split}.jsonl", multi)
+        _write(d / f"regress-{split}.jsonl", [{"text": t, "label": len(t.split()) / 40.0} for t in part])
+        tokens = []
+        for t in part:
+            words = t.split()[:30]
+            tokens.append(
+                {
+                    "words": words,
+                    "tags": ["KW" if w in WORDS else ("CAP" if w[:1].isupper() else "O") for w in words],
+                }
+            )
+        _write(d / f"token-{split}.jsonl", tokens)
+    with (d / "single-train.csv").open("w") as f:
+        f.write(
+            "text,label\n" + "".join(f'"{t.replace(chr(34), "")}",{rng.randint(0, 2)}\n' for t in texts[:40])
+        )
+    return d
+
+
+def recipe(out, roberta_dir, data_dir, task, *extra):
+    files = {s: data_dir / f"{task}-{s}.jsonl" for s in ("train", "validation", "test")}
+    over = [
+        f"model.source={roberta_dir}",
+        f"data.source={files['train']}",
+        f"data.validation={files['validation']}",
+        f"data.test={files['test']}",
+        "data.max_length=64",
+        f"data.cache_dir={out.parent / 'cache'}",
+        f"training.output_dir={out}",
+        "training.batch_size=8",
+        "training.learning_rate=1e-3",
+        "training.max_steps=8",
+        "training.eval_every=4",
+        *extra,
+    ]
+    return load_recipe("finetune", None, parse_overrides(over))
+
+
+def predictions(out):
+    return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_single_label_metrics_match_the_predictions_file(tmp_path, roberta_dir, datasets_dir):
+    out = tmp_path / "run"
+    assert run(recipe(out, roberta_dir, datasets_dir, "single")) == 0
+    preds, results = predictions(out), json.loads((out / "results.json").read_text())
+    assert len(preds) == 20 and {p["prediction"] for p in preds} <= {"code", "prose"}
+    accuracy = sum(p["prediction"] == p["label"] for p in preds) / len(preds)
+    assert results["accuracy"] == pytest.approx(accuracy)
+    config = json.loads((out / "config.json").read_text())
+    assert (
+        config["id2label"] == {"0": "code", "1": "prose"}
+        and config["problem_type"] == "single_label_classification"
+    )
+    # Evaluation ran during training (every 4 steps) and the best of them is the model kept.
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval_accuracy" in x]
+    assert [e["step"] for e in evals] == [4, 8]
+    best = max(evals, key=lambda e: e["eval_accuracy"])  # first of the ties, as the loop keeps it
+    state = json.loads(
+        sorted((out / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text()
+    )
+    assert state["best_step"] == best["step"]
+    ours, kept = load_file(str(out / "model.safetensors")), load_file(str(out / "best" / "model.safetensors"))
+    assert all(torch.equal(ours[k], kept[k]) for k in ours)
+    # The model directory works with transformers' own pipeline and gives the same labels.
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(out), device="cpu")
+    texts = [json.loads(x)["text"] for x in (datasets_dir / "single-test.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in clf(texts[:5])] == [p["prediction"] for p in preds[:5]]
+
+
+def test_multi_label_and_regression(tmp_path, roberta_dir, datasets_dir):
+    out = tmp_path / "multi"
+    assert run(recipe(out, roberta_dir, datasets_dir, "multi", "data.label_column=labels")) == 0
+    preds, results = predictions(out), json.loads((out / "results.json").read_text())
+    assert set(results) >= {"f1", "accuracy"}
+    exact = sum(sorted(p["prediction"]) == sorted(p["label"]) for p in preds) / len(preds)
+    assert results["accuracy"] == pytest.approx(exact)
+    assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+
+    out = tmp_path / "regress"
+    assert run(recipe(out, roberta_dir, datasets_dir, "regress")) == 0
+    preds, results = predictions(out), json.loads((out / "results.json").read_text())
+    mse = sum((p["prediction"] - p["label"]) ** 2 for p in preds) / len(preds)
+    assert results["mse"] == pytest.approx(mse, rel=1e-5)
+    assert len(json.loads((out / "config.json").read_text())["id2label"]) == 1
+
+
+def test_token_classification_predicts_one_label_per_word(tmp_path, roberta_dir, datasets_dir):
+    out = tmp_path / "token"
+    r = recipe(
+        out,
+        roberta_dir,
+        datasets_dir,
+        "token",
+        "model.task=token-classification",
+        "data.text_column=words",
+        "data.label_column=tags",
+    )
+    assert run(r) == 0
+    preds, results = predictions(out), json.loads((out / "results.json").read_text())
+    assert all(len(p["prediction"]) == len(p["label"]) for p in preds)
+    cut = [p for p in preds if None in p["prediction"]]  # words past data.max_length have no prediction
+    assert cut and all(p["prediction"].index(None) > 5 for p in cut)
+    flat = [(a, b) for p in preds for a, b in zip(p["prediction"], p["label"], strict=True) if a is not None]
+    assert results["accuracy"] == pytest.approx(sum(a == b for a, b in flat) / len(flat))
+
+
+def test_train_only_the_head_leaves_the_encoder_untouched(tmp_path, roberta_dir, datasets_dir):
+    out = tmp_path / "frozen"
+    assert (
+        run(
+            recipe(
+                out,
+                roberta_dir,
+                datasets_dir,
+                "single",
+                "model.train_only=[classifier.*]",
+                "training.max_steps=3",
+            )
+        )
+        == 0
+    )
+    source = load_model(str(roberta_dir), head="base").state_dict()
+    tuned = load_file(str(out / "model.safetensors"))
+    for k, v in source.items():
+        assert torch.equal(tuned[f"longattn.{k}"], v), k
+    start = load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors"))
+    assert not torch.equal(
+        start["classifier.out_proj.weight"], torch.zeros_like(start["classifier.out_proj.weight"])
+    )
+
+
+def test_attention_switch_and_csv_integer_labels(tmp_path, roberta_dir, datasets_dir):
+    out = tmp_path / "csv"
+    over = [
+        f"model.source={roberta_dir}",
+        f"data.source={datasets_dir / 'single-train.csv'}",
+        "data.max_length=64",
+        f"training.output_dir={out}",
+        "training.max_steps=2",
+        "training.batch_size=4",
+        f"data.cache_dir={tmp_path}",
+        "model.attention=softmax",
+        "model.attention_settings.implementation=eager",
+    ]
+    assert run(load_recipe("finetune", None, parse_overrides(over))) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_settings"] == {"implementation": "eager"}
+    assert config["id2label"] == {"0": "0", "1": "1", "2": "2"}
+
+
+def test_metrics_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    got = compute("single_label_classification", logits, labels)
+    assert got["accuracy"] == 0.75
+    assert got["f1"] == pytest.approx((2 * 2 / (2 * 2 + 0 + 1) + 2 * 1 / (2 * 1 + 1 + 0)) / 2)
+    assert macro_f1(torch.tensor([1, 1]), torch.tensor([1, 1])) == 1.0
+    multi = compute(
+        "multi_label_classification",
+        torch.tensor([[1.0, -1.0], [1.0, 1.0]]),
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+    )
+    assert multi == {"accuracy": 0.5, "f1": pytest.approx(2 * 2 / (2 * 2 + 1))}
+    assert compute("regression", torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]))["mse"] == 2.5
+    tokens = compute(
+        "token_classification", torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 0.0]]), torch.tensor([0, -100, 1])
+    )
+    assert tokens["accuracy"] == 0.5
+
+
+def cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["data.label_column=nope"], "no label column 'nope'; the data has text, label"),
+        (["model.task=token-classification"], "column 'text' must hold lists of words"),
+        (["model.task=token-classification", "data.text_column=words"], "no column 'words'"),
+        (
+            ["model.problem_type=multi_label_classification"],
+            "multi-label classification needs a list of labels",
+        ),
+        (["data.validation=dev"], "neither a file nor usable as a split name"),
+        (["data.max_length=512"], "data.max_length=512 is above the model's 128 positions"),
+        (["model.source=null"], "model.source is required"),
+        (["data.streaming=true"], "data.streaming is for pretraining corpora"),
+        (
+            ["model.task=regression"],
+            "model.task='regression' is not one of sequence-classification, token-classification",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(extra, expect, tmp_path, roberta_dir, datasets_dir, capsys):
+    argv = [
+        "finetune",
+        f"model.source={roberta_dir}",
+        f"data.source={datasets_dir / 'single-train.jsonl'}",
+        "data.max_length=64",
+        f"training.output_dir={tmp_path}",
+        "training.max_steps=1",
+        *extra,
+    ]
+    code, err = cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert expect in err
+
+
+def test_interrupted_finetuning_resumes_to_the_same_model(tmp_path, roberta_dir, datasets_dir):
+    import os
+    import signal
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    extra = ("model.dropout=0.1", "training.save_every=100")
+    assert run(recipe(full, roberta_dir, datasets_dir, "single", *extra)) == 0
+
+    def interrupt(step, model):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra), on_step=interrupt) == 128 + signal.SIGTERM
+    assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra, "training.resume=latest")) == 0
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert predictions(full) == predictions(split)

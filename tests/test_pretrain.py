@@ -1,0 +1,317 @@
+"""`longattn pretrain`: a tiny recipe-level run end to end, bit-exact resume, signals, NaN, and one-line errors."""
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from longattn_cli.cli import main
+from longattn_cli.config import load_recipe
+from longattn_cli.fill_mask import predict
+from longattn_cli.pretrain import run
+from longattn_cli.testing import python_docs_text, tiny_reference
+
+TINY = [
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.intermediate_size=48",
+    "model.vocab_size=400",
+    "data.max_length=64",
+    "training.batch_size=2",
+    "training.warmup_steps=2",
+    "training.log_every=1",
+]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "docs.txt").write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    return d / "docs.txt"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def args(out, corpus, cache, *extra):
+    return [*TINY, f"data.source={corpus}", f"data.cache_dir={cache}", f"training.output_dir={out}", *extra]
+
+
+def cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def weights(directory):
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_recipe_run_writes_a_checkpoint_that_fill_mask_loads(tmp_path, corpus, cache, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = cli(
+        [
+            "pretrain",
+            "--recipe",
+            "recipes/pretrain/default.yaml",
+            *args(out, corpus, cache, "training.max_steps=4", "training.save_every=2"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(x["loss"] > 0 and x["tokens_per_s"] > 0 for x in lines)
+    assert lines[0]["lr"] == 0.0 and lines[2]["lr"] > 0  # linear warm-up from zero
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert "tokens/s" in stdout  # the summary table
+    # The final model is the step-4 checkpoint's, and fill-mask reads the directory as it is.
+    final, ckpt = weights(out), weights(out / "checkpoints" / "step-0000004")
+    assert all(torch.equal(final[k], ckpt[k]) for k in final)
+    preds = predict(["The <mask> statement."], str(out), top_k=2)
+    assert len(preds[0]["predictions"][0]) == 2
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
+def test_resume_continues_bit_exactly(tmp_path, corpus, cache, streaming):
+    """6 steps in one go == 3 steps, stopped by SIGINT, then resumed for the rest: identical weights."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    common = [
+        "training.max_steps=6",
+        "training.save_every=100",
+        "model.dropout=0.1",
+        "training.learning_rate=3e-3",
+        f"data.streaming={streaming}",
+        "data.streaming_examples=8",
+    ]
+    assert run(load_recipe("pretrain", None, _ov(args(full, corpus, cache, *common)))) == 0
+
+    def interrupt(step, model):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next step boundary: saves step 4
+
+    code = run(load_recipe("pretrain", None, _ov(args(split, corpus, cache, *common))), on_step=interrupt)
+    assert code == 128 + signal.SIGINT
+    saved = [p.name for p in (split / "checkpoints").iterdir()]
+    assert saved == ["step-0000004"]
+    assert not (split / "model.safetensors").exists()  # no final model for an interrupted run
+    assert (
+        run(load_recipe("pretrain", None, _ov(args(split, corpus, cache, *common, "training.resume=latest"))))
+        == 0
+    )
+    a, b = weights(full), weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    reference = [json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in lines] == reference
+
+
+def test_resume_with_a_different_recipe_fails_fast(tmp_path, corpus, cache, capsys):
+    out = tmp_path / "run"
+    assert run(load_recipe("pretrain", None, _ov(args(out, corpus, cache, "training.max_steps=2")))) == 0
+    capsys.readouterr()
+    code, _, err = cli(
+        [
+            "pretrain",
+            *args(out, corpus, cache, "training.max_steps=2", "training.learning_rate=0.5"),
+            "--resume",
+            "latest",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert (
+        "training.learning_rate=0.001 in the checkpoint, 0.5 now" in err
+        and len(err.strip().splitlines()) == 1
+    )
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cache):
+    out = tmp_path / "run"
+
+    def poison(step, model):
+        if step == 3:
+            with torch.no_grad():
+                model.longattn.embeddings.layer_norm.weight.fill_(float("nan"))
+
+    from longattn_cli.errors import UserError
+
+    with pytest.raises(UserError, match=r"loss is nan at step 4; .*checkpoint is .*step-0000002"):
+        run(
+            load_recipe(
+                "pretrain",
+                None,
+                _ov(args(out, corpus, cache, "training.max_steps=6", "training.save_every=2")),
+            ),
+            on_step=poison,
+        )
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
+    assert all(torch.isfinite(v).all() for v in weights(out / "checkpoints" / "step-0000002").values())
+
+
+def test_packed_data_is_cached_and_reused(tmp_path, corpus, cache):
+    from accelerate import Accelerator
+
+    from longattn_cli.pretrain import build
+
+    recipe = load_recipe("pretrain", None, _ov(args(tmp_path, corpus, tmp_path / "cache")))
+    first = build(recipe, Accelerator())
+    second = build(recipe, Accelerator())
+    assert any("packed and cached" in n for n in first.notes)
+    assert any("reused from the cache" in n for n in second.notes)
+    assert first.fingerprint == second.fingerprint
+    assert all(len(x) == 64 for x in first.train["input_ids"])
+    changed = tmp_path / "other.txt"
+    changed.write_text(
+        corpus.read_text() + "\n\nOne more paragraph that changes the fingerprint of the data.\n"
+    )
+    third = build(
+        load_recipe("pretrain", None, _ov(args(tmp_path, changed, tmp_path / "cache"))), Accelerator()
+    )
+    assert third.fingerprint["data"] != first.fingerprint["data"]
+    assert third.fingerprint["tokenizer"] != first.fingerprint["tokenizer"] or True  # retrained on other text
+
+
+def _ov(items):
+    from longattn_cli.config import parse_overrides
+
+    return parse_overrides(items)
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory, bpe_dir):
+    d = tmp_path_factory.mktemp("roberta")
+    tiny_reference("roberta", d, tokenizer_dir=bpe_dir)  # 128 positions
+    return d
+
+
+def test_continues_pretraining_from_a_roberta_checkpoint(tmp_path, corpus, cache, roberta_dir):
+    out = tmp_path / "run"
+    over = args(out, corpus, cache, f"model.source={roberta_dir}", "training.max_steps=2")
+    assert run(load_recipe("pretrain", None, _ov(over))) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "longattn" and cfg["hidden_size"] == 32 and cfg["vocab_size"] == 1000
+
+
+def _bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("corrupt", "cannot read"),
+        ("no-column", "no column 'text'; the data has body"),
+        ("int-column", "column 'text' must hold strings, found int"),
+        ("too-little", "zero examples after packing"),
+        ("offline-hub", "unreachable"),
+        ("too-long", "data.max_length=256 is above the model's 128 positions"),
+        ("tokenizer-mismatch", "does not match the model: padding id 0, the model's 1"),
+        ("unknown-key", "unknown recipe key 'training.max_step'; valid keys in training: output_dir"),
+        ("wrong-type", "training.max_steps must be an integer or null, got 'many'"),
+        ("bad-value", "model.hidden_size=30 is not a multiple of model.num_attention_heads=4"),
+        ("bad-attention", "unknown attention 'sofmax'"),
+        ("bad-pattern", "pattern 'encoder.*' matches no parameter"),
+        ("no-checkpoint", "no checkpoint under"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    case, expect, tmp_path, corpus, cache, capsys, roberta_dir, wordpiece_dir, monkeypatch
+):
+    source = corpus
+    extra = []
+    if case == "missing":
+        source = tmp_path / "nope.txt"
+    elif case == "empty":
+        source = _bad(tmp_path, "empty.jsonl", "")
+    elif case == "corrupt":
+        source = _bad(tmp_path, "bad.jsonl", '{"text": "fine"}\n{"text": broken\n')
+    elif case == "no-column":
+        source = _bad(tmp_path, "x.jsonl", '{"body": "a long enough document"}\n')
+    elif case == "int-column":
+        source = _bad(tmp_path, "x.csv", "text\n1\n2\n")
+    elif case == "too-little":
+        source = _bad(tmp_path, "short.txt", "Only a few words here.\n")
+        extra = ["model.tokenizer=" + str(roberta_dir)]
+    elif case == "offline-hub":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        source = "someone/some-corpus"
+    elif case == "too-long":
+        extra = [f"model.source={roberta_dir}", "data.max_length=256"]
+    elif case == "tokenizer-mismatch":
+        extra = [f"model.source={roberta_dir}", f"model.tokenizer={wordpiece_dir}"]
+    elif case == "unknown-key":
+        extra = ["training.max_step=3"]
+    elif case == "wrong-type":
+        extra = ["training.max_steps=many"]
+    elif case == "bad-value":
+        extra = ["model.hidden_size=30"]
+    elif case == "bad-attention":
+        extra = ["model.attention=sofmax"]
+    elif case == "bad-pattern":
+        extra = ["model.freeze=encoder.*"]
+    elif case == "no-checkpoint":
+        extra = ["training.resume=latest"]
+    argv = ["pretrain", *args(tmp_path / "out", source, cache, "training.max_steps=1", *extra)]
+    code, _, err = cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert expect in err
+
+
+def test_default_recipe_file_is_the_embedded_default():
+    assert load_recipe("pretrain", "recipes/pretrain/default.yaml") == load_recipe("pretrain")
+
+
+@pytest.mark.slow
+def test_default_recipe_runs_offline_and_fill_mask_loads_it(tmp_path, capsys):
+    """`longattn pretrain` with no arguments (run in a scratch directory; minutes on 2 CPU cores)."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code, _, err = cli(["pretrain"], capsys)
+    finally:
+        os.chdir(cwd)
+    assert code == 0, err
+    out = tmp_path / "runs" / "pretrain-default"
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] >= 4096
+    assert predict(["The <mask> statement."], str(out), top_k=1)
+    shutil.rmtree(out)
+
+
+def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_path, corpus, cache):
+    out = tmp_path / "run"
+    valid = tmp_path / "valid.txt"
+    valid.write_text("\n\n".join(python_docs_text()[300:360]) + "\n")
+    over = args(out, corpus, cache, "training.max_steps=4", "training.eval_every=2", f"data.validation={valid}",
+                "training.gradient_accumulation_steps=2")
+    assert run(load_recipe("pretrain", None, _ov(over))) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if "eval_loss" in x]
+    assert [x["step"] for x in evals] == [2, 4] and all(x["eval_perplexity"] > 1 for x in evals)
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    best = min(evals, key=lambda x: x["eval_loss"])
+    state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
+    assert state["best_step"] == best["step"] and state["tokens"] == 4 * 2 * 2 * 64  # steps × micro × batch × length
+    final, kept = weights(out), weights(out / "best")
+    assert all(torch.equal(final[k], kept[k]) for k in final)
