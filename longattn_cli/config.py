@@ -156,6 +156,25 @@ class PretrainModelConfig(ModelConfig):
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+# Fields of LongAttnConfig that a recipe's model.scratch may not set: the tokenizer, data.max_length and
+# model.attention decide them.
+_DERIVED = {"vocab_size", "max_position_embeddings", "position_offset", "attention", "attention_settings",
+            "pad_token_id", "bos_token_id", "eos_token_id", "kwargs", "self"}
+
+
+def _check_scratch(scratch: dict[str, Any]) -> None:
+    if not scratch:
+        return
+    import inspect
+
+    from longattn_cli.modeling import LongAttnConfig
+
+    valid = sorted(set(inspect.signature(LongAttnConfig.__init__).parameters) - _DERIVED)
+    unknown = sorted(set(scratch) - set(valid))
+    if unknown:
+        raise ValueError(f"model.scratch: unknown field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
 @dataclasses.dataclass
 class FinetuneModelConfig(ModelConfig):
     """``model`` section of a fine-tuning recipe: the starting checkpoint and the head."""
@@ -166,9 +185,16 @@ class FinetuneModelConfig(ModelConfig):
         "auto",
     )
     dropout: float | None = _doc("override the checkpoint's hidden and classifier dropout")
+    scratch: dict[str, Any] = _doc(
+        "train from scratch (model.source: null, model.tokenizer required): LongAttnConfig fields of the "
+        "architecture, e.g. {hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+        "intermediate_size: 128, classifier_pooling: mean}",
+        factory=dict,
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        _check_scratch(self.scratch)
         if self.task not in TASKS:
             raise ValueError(f"model.task={self.task!r} is not one of {', '.join(TASKS)}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -317,15 +343,21 @@ class PretrainRecipe:
 
 @dataclasses.dataclass
 class FinetuneRecipe:
-    """A fine-tuning run; ``model.source`` and ``data.source`` have no default."""
+    """A fine-tuning run; ``model.source`` (or ``model.scratch`` + ``model.tokenizer``) and ``data.source``
+    have no default."""
 
     model: FinetuneModelConfig = dataclasses.field(default_factory=FinetuneModelConfig)
     data: FinetuneDataConfig = dataclasses.field(default_factory=FinetuneDataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=_finetune_training)
 
     def __post_init__(self):
-        if not self.model.source:
-            raise UserError("model.source is required: the checkpoint to fine-tune (directory or hub id)")
+        if not self.model.source and not (self.model.scratch and self.model.tokenizer):
+            raise UserError(
+                "model.source is required: the checkpoint to fine-tune (directory or hub id); "
+                "or, to train from scratch, model.scratch (the architecture) and model.tokenizer"
+            )
+        if self.model.source and self.model.scratch:
+            raise UserError("model.scratch describes a model trained from scratch; it cannot go with model.source")
         if not self.data.source:
             raise UserError("data.source is required: a local file or a hub dataset name")
 

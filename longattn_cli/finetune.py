@@ -47,13 +47,13 @@ def load_split(d, value: str, what: str):
     return D.load_raw(d.source, value, d, what=what), D.source_fingerprint(d.source, value, d)
 
 
-def load_for_task(m, labels: L.Labels):
-    """The starting checkpoint with a head for ``labels`` (the source's own head when it already fits)."""
+def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = None):
+    """The starting checkpoint with a head for ``labels`` (the source's own head when it already fits), or
+    without ``model.source`` a new model of the ``model.scratch`` architecture."""
     from longattn_cli.checkpoints import detect_head, load_model, read_config
     from longattn_cli.hub import resolve
     from longattn_cli.modeling import HEADS
 
-    src = read_config(resolve(m.source))
     fields = {
         "num_labels": labels.num_labels,
         "id2label": dict(enumerate(labels.names)),
@@ -65,6 +65,13 @@ def load_for_task(m, labels: L.Labels):
     if m.attention_dropout is not None:
         fields["attention_probs_dropout_prob"] = m.attention_dropout
     settings = m.attention_settings or None
+    if not m.source:
+        from longattn_cli.pretrain import fresh_config
+
+        extra = {"attention_probs_dropout_prob": m.attention_dropout or 0.0}
+        config = fresh_config(tokenizer, max_length, m.attention, settings, **{**extra, **m.scratch, **fields})
+        return HEADS[m.task](config)
+    src = read_config(resolve(m.source))
     if detect_head(src) == m.task and len(src.get("id2label") or {}) == labels.num_labels:
         return load_model(m.source, head=m.task, attention=m.attention, attention_settings=settings, **fields)
     body = load_model(m.source, head="base", attention=m.attention, attention_settings=settings)
@@ -190,7 +197,7 @@ def build(recipe, accelerator) -> Job:
         m.problem_type,
     )
     tokenizer = _tokenizer(m)
-    model = load_for_task(m, labels)
+    model = load_for_task(m, labels, tokenizer, d.max_length)
     check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -71,8 +71,15 @@ def pick_tokenizer(m, d, raw, fingerprint: str):
     return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
 
 
-def scratch_config(m, d, tokenizer=None):
-    """The :class:`LongAttnConfig` of a model trained from scratch (``model.vocab_size`` without a tokenizer)."""
+def fresh_config(tokenizer, max_length: int, attention: str | None, settings: dict | None, vocab_size: int | None = None, **fields):
+    """A :class:`LongAttnConfig` for a model trained from scratch on ``tokenizer`` and ``max_length`` tokens.
+
+    Args:
+        tokenizer: its size and special ids go into the config (``vocab_size`` is used without one).
+        max_length: longest input, special tokens included.
+        attention: mechanism name (softmax when None); settings: its settings.
+        fields: any other config field (hidden_size, num_hidden_layers, classifier_pooling...).
+    """
     from longattn_cli.modeling import LongAttnConfig
 
     offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
@@ -85,18 +92,30 @@ def scratch_config(m, d, tokenizer=None):
             "eos_token_id": tokenizer.eos_token_id if sep is None else sep,
         }
     return LongAttnConfig(
-        vocab_size=len(tokenizer) if tokenizer is not None else m.vocab_size,
+        vocab_size=len(tokenizer) if tokenizer is not None else vocab_size,
+        max_position_embeddings=max_length + offset,
+        position_offset=offset,
+        attention=attention or "softmax",
+        attention_settings=settings,
+        **ids,
+        **fields,
+    )
+
+
+def scratch_config(m, d, tokenizer=None):
+    """The :class:`LongAttnConfig` of a model pretrained from scratch (``model.vocab_size`` without a tokenizer)."""
+    return fresh_config(
+        tokenizer,
+        d.max_length,
+        m.attention,
+        m.attention_settings,
+        vocab_size=m.vocab_size,
         hidden_size=m.hidden_size,
         num_hidden_layers=m.num_hidden_layers,
         num_attention_heads=m.num_attention_heads,
         intermediate_size=m.intermediate_size,
         hidden_dropout_prob=m.dropout,
         attention_probs_dropout_prob=m.attention_dropout or 0.0,
-        max_position_embeddings=d.max_length + offset,
-        position_offset=offset,
-        attention=m.attention or "softmax",
-        attention_settings=m.attention_settings,
-        **ids,
     )
 
 

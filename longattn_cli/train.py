@@ -255,12 +255,15 @@ class _Run:
                     )
                     return 128 + (stop.signal or signal.SIGTERM)
             rows = _finish(job, self.accelerator, self.objective, state, self.out)
+        elapsed = time.perf_counter() - began
+        if main:
+            _write_summary(self.out, job, state, self.world, elapsed, report, rows)
         report.summary(
             {
                 "steps": f"{start} → {state['step']}",
                 "processes": self.world,
                 "tokens": state["tokens"],
-                "time (s)": round(time.perf_counter() - began, 1),
+                "time (s)": round(elapsed, 1),
                 "tokens/s": report.tokens_per_second,
                 "final loss": report.last.get("loss", float("nan")),
                 **rows,
@@ -407,3 +410,39 @@ def _write_recipe(out: Path, recipe) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA's allocator peak on a GPU, the peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _write_summary(out: Path, job, state: dict, world: int, elapsed: float, report, rows: dict[str, Any]) -> None:
+    """``OUTPUT/summary.json``: the run's figures for machines (``longattn lra report`` reads it)."""
+    import json
+
+    device = next(job.model.parameters()).device
+    config = job.model.config
+    summary = {
+        "attention": config.attention,
+        "attention_settings": config.attention_settings,
+        "steps": state["step"],
+        "processes": world,
+        "tokens": state["tokens"],
+        "train_time_s": round(elapsed, 3),
+        "tokens_per_s": report.tokens_per_second,
+        "final_loss": getattr(report, "last", {}).get("loss"),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
+        "results": {k: v for k, v in rows.items() if isinstance(v, (int, float, str))},
+    }
+    results = Path(out) / "results.json"
+    if results.is_file():
+        summary["test_metrics"] = json.loads(results.read_text())
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -29,7 +29,7 @@ def test_there_are_recipes_for_every_command_and_published_shape():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_builds(path):
-    kind = path.parent.name
+    kind = "finetune" if path.parent.name == "lra" else path.parent.name
     first = path.read_text().splitlines()[0]
     relative = path.relative_to(ROOT).as_posix()
     assert first.startswith("# ") and "longattn" in first, "a recipe starts with the command that runs it"
@@ -48,6 +48,18 @@ def test_recipe_builds(path):
         with torch.device("meta"):  # the whole model, without allocating its weights
             model = LongAttnForMaskedLM(config)
         assert model.config.attention == (recipe.model.attention or "softmax")
+    if kind == "finetune" and recipe.model.scratch:
+        from longattn_cli.modeling import HEADS
+        from longattn_cli.pretrain import fresh_config
+
+        config = fresh_config(
+            None, recipe.data.max_length, recipe.model.attention, recipe.model.attention_settings,
+            vocab_size=300, num_labels=10, **recipe.model.scratch,
+        )
+        assert config.max_sequence_length == recipe.data.max_length
+        with torch.device("meta"):
+            model = HEADS[recipe.model.task](config)
+        assert model.config.attention == recipe.model.attention
 
 
 def test_overrides_win_and_unknown_keys_list_the_valid_ones():
