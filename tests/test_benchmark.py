@@ -170,13 +170,20 @@ def test_worker_reports_oom_and_kills_an_overrun():
         worker.close()
 
 
-@pytest.mark.slow  # a second child process start
+@pytest.mark.slow  # three child process starts
 def test_worker_restarts_after_a_kill():
     from longattn_cli.benchmark_worker import Worker
 
     worker = Worker(grace=0.0)
     try:
         assert worker.measure(dict(WORKER_SPEC, time_budget=1e-3))["status"] == "timeout"
+        assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"
+        import threading
+
+        proc = worker.proc
+        threading.Timer(1.0, proc.kill).start()  # mid-point, as the kernel's OOM killer would
+        died = worker.measure(dict(WORKER_SPEC, time_budget=None, repeats=100, min_time=60.0))
+        assert died["status"] == "OOM" and "signal 9" in died["message"]
         assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"
     finally:
         worker.close()
