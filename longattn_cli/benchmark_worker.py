@@ -142,8 +142,11 @@ class Worker:
         return self._died("the benchmark worker died")
 
     def _died(self, what: str) -> dict[str, Any]:
-        hung = self.proc.poll() is None
-        if hung:
+        try:  # its output has ended (or it never answered): give it a moment to be reaped
+            self.proc.wait(timeout=10)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
             self.proc.kill()
         code = self.proc.wait()
         self.stderr.seek(0)
