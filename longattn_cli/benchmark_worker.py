@@ -67,9 +67,10 @@ class InProcess:
     """Points measured in this process (``--no-isolate``): no start-up cost, but no memory cap and no hard kill."""
 
     def __init__(self, threads: int | None = None):
-        if threads:
-            import torch
+        import torch
 
+        self.saved_threads = torch.get_num_threads()
+        if threads:
             torch.set_num_threads(threads)
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +79,10 @@ class InProcess:
         return measure(spec)
 
     def close(self) -> None:
-        pass
+        """Give torch its thread count back."""
+        import torch
+
+        torch.set_num_threads(self.saved_threads)
 
 
 class Worker:
