@@ -362,6 +362,20 @@ def test_bad_arguments_are_one_line_exit_2(args, pattern, capsys):
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
 
 
+def test_table_shows_messages_verbatim():
+    """Allocator messages carry brackets; they must print as text, not vanish as rich markup."""
+    from rich.console import Console
+
+    from longattn_cli.benchmark_report import group_table
+
+    point = dict(label="x[1]", kind="ours", scope="layer", mode="forward", n=64, batch=1, status="OOM",
+                 message="RuntimeError: [enforce fail at alloc_cpu.cpp:127] can't allocate memory")  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(group_table([point]))
+    text = console.export_text()
+    assert "[enforce fail at alloc_cpu.cpp:127]" in text and "x[1]" in text
+
+
 def test_list_variants(capsys):
     code, out, _ = run(["benchmark", "--list"], capsys)
     assert code == 0 and "softmax-eager" in out and "implementation=eager" in out and "hf-roberta-sdpa" in out
