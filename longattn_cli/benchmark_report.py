@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -57,8 +58,9 @@ def group_table(points: list[dict[str, Any]]) -> Table:
     table.add_column("status", overflow="fold")
     for p in points:
         ok = p["status"] == OK
-        name = p["label"] if p["kind"] == "ours" else f"[italic]{p['label']}[/]"
+        name = escape(p["label"]) if p["kind"] == "ours" else f"[italic]{escape(p['label'])}[/]"
         status = p["status"] if ok or p["status"] == "running" else f"{p['status']}: {p.get('message', '')}"
+        status = escape(status)
         table.add_row(
             name,
             _ms(p.get("time_s")) if ok else "",
@@ -85,7 +87,7 @@ def summary_tables(points: list[dict[str, Any]]) -> list[Table]:
             table.add_column(f"{n:,}", justify="right")
         for label in dict.fromkeys(p["label"] for p in rows):
             cells = {p["n"]: p for p in rows if p["label"] == label}
-            table.add_row(label, *(_cell(cells.get(n)) for n in lengths))
+            table.add_row(escape(label), *(_cell(cells.get(n)) for n in lengths))
         out.append(table)
     return out
 

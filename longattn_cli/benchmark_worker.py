@@ -23,6 +23,8 @@ from typing import Any
 
 from longattn_cli.benchmark_point import ERROR, OOM, TIMEOUT
 
+EOF, SILENT = "eof", "silent"  # what Worker._read returns instead of an answer
+
 # Seconds a child may take to start (import torch) and to build a point's module, on top of its time budget.
 START_GRACE_S = 120.0
 
@@ -65,9 +67,10 @@ class InProcess:
     """Points measured in this process (``--no-isolate``): no start-up cost, but no memory cap and no hard kill."""
 
     def __init__(self, threads: int | None = None):
-        if threads:
-            import torch
+        import torch
 
+        self.saved_threads = torch.get_num_threads()
+        if threads:
             torch.set_num_threads(threads)
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +79,10 @@ class InProcess:
         return measure(spec)
 
     def close(self) -> None:
-        pass
+        """Give torch its thread count back."""
+        import torch
+
+        torch.set_num_threads(self.saved_threads)
 
 
 class Worker:
@@ -110,39 +116,49 @@ class Worker:
             lines.put(line)
         lines.put(None)
 
-    def _read(self, deadline: float | None) -> dict[str, Any] | None:
-        """The child's next answer; None when it ends, or stays silent past ``deadline`` (monotonic seconds)."""
+    def _read(self, deadline: float | None) -> dict[str, Any] | str:
+        """The child's next answer, or ``EOF`` when its output ends, or ``SILENT`` past ``deadline``."""
         try:
             line = self.lines.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
         except queue.Empty:
-            return None
-        return None if line is None else json.loads(line)
+            return SILENT
+        return EOF if line is None else json.loads(line)
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Run ``spec`` in the child; a hung child is killed (``timeout``), a dead one reported."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-            if self._read(time.monotonic() + max(self.grace, START_GRACE_S)) is None:
+            if not isinstance(self._read(time.monotonic() + max(self.grace, START_GRACE_S)), dict):
                 return self._died("the benchmark worker did not start")
-        self.proc.stdin.write(json.dumps(spec) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died between points
+            return self._died("the benchmark worker died")
         budget = spec.get("time_budget") or 0.0
         wait = (budget * 1.5 + self.grace) if budget else None
-        deadline = time.monotonic() + wait if wait else None
-        result = self._read(deadline)
-        if result is not None:
+        result = self._read(time.monotonic() + wait if wait else None)
+        if isinstance(result, dict):
             return result
-        if self.proc.poll() is None:  # still running past the budget: kill it
+        if result == SILENT:  # still running past the budget: kill it
             self.close()
             return {"status": TIMEOUT, "message": f"killed after {wait:.3g} s (budget {budget:g} s)"}
         return self._died("the benchmark worker died")
 
     def _died(self, what: str) -> dict[str, Any]:
+        try:  # its output has ended (or it never answered): give it a moment to be reaped
+            self.proc.wait(timeout=10)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
+            self.proc.kill()
         code = self.proc.wait()
         self.stderr.seek(0)
         tail = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
         self.close()
-        if code in (-9, 137):  # SIGKILL: on Linux almost always the kernel's OOM killer
+        if hung:
+            return {"status": ERROR, "message": f"{what} (no answer; killed)"}
+        if code in (-9, 137):  # SIGKILL from elsewhere: on Linux almost always the kernel's OOM killer
             return {"status": OOM, "message": f"{what} (killed by signal 9, out of memory)"}
         return {"status": ERROR, "message": f"{what} (exit code {code}){': ' + tail[-1] if tail else ''}"}
 
