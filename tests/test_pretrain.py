@@ -315,3 +315,16 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
     assert state["best_step"] == best["step"] and state["tokens"] == 4 * 2 * 2 * 64  # steps × micro × batch × length
     final, kept = weights(out), weights(out / "best")
     assert all(torch.equal(final[k], kept[k]) for k in final)
+
+
+def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
+    from longattn_cli.train import Stop
+
+    with Stop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's answer to Ctrl-C: ignored while saving
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
