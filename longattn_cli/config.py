@@ -268,6 +268,7 @@ class TrainingConfig:
         "evaluation metric that picks the best checkpoint (default: accuracy, mse or loss)"
     )
     resume: str | None = _doc("latest, or a checkpoint directory, to continue from")
+    overwrite: bool = _doc("start afresh in an output directory that holds another run's checkpoints", False)
 
     def __post_init__(self):
         _positive(

@@ -148,6 +148,9 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
     accelerator = make_accelerator(cfg.mixed_precision)
     set_seed(cfg.seed)  # identical initial weights on every process
     resume = _check_resume(recipe, accelerator.num_processes) if cfg.resume else None
+    if not cfg.resume:
+        trainstate.clear_previous_run(Path(cfg.output_dir), cfg.overwrite, delete=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
     with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
         job = build(recipe, accelerator)
     run = _Run(recipe, job, accelerator, resume)
