@@ -184,7 +184,7 @@ def build(recipe, accelerator) -> Job:
         if d.text_pair_column:
             D.check_column(ds, d.text_pair_column, ("text",), where)
     labels = L.infer(
-        [s for s in splits.values() if d.label_column in s.column_names] or [train],
+        [train, *(s for k, s in splits.items() if k != "train" and d.label_column in s.column_names)],
         d.label_column,
         m.task,
         m.problem_type,

@@ -43,7 +43,8 @@ def datasets_dir(tmp_path_factory):
         _write(d / f"single-{split}.jsonl", single)
         multi = [{"text": t, "labels": [w for w in WORDS[:3] if w in t]} for t in part]
         _write(d / f"multi-{split}.jsonl", multi)
-        _write(d / f"regress-{split}.jsonl", [{"text": t, "label": len(t.split()) / 40.0} for t in part])
+        regress = [{"text": t, "other": t[::-1], "label": len(t.split()) / 40.0} for t in part]  # a sentence pair
+        _write(d / f"regress-{split}.jsonl", regress)
         tokens = []
         for t in part:
             words = t.split()[:30]
@@ -124,7 +125,7 @@ def test_multi_label_and_regression(tmp_path, roberta_dir, datasets_dir):
     assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
 
     out = tmp_path / "regress"
-    assert run(recipe(out, roberta_dir, datasets_dir, "regress")) == 0
+    assert run(recipe(out, roberta_dir, datasets_dir, "regress", "data.text_pair_column=other")) == 0
     preds, results = predictions(out), json.loads((out / "results.json").read_text())
     mse = sum((p["prediction"] - p["label"]) ** 2 for p in preds) / len(preds)
     assert results["mse"] == pytest.approx(mse, rel=1e-5)
