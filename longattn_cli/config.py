@@ -339,6 +339,23 @@ def to_dict(recipe: Any) -> dict[str, Any]:
     return dataclasses.asdict(recipe)
 
 
+def describe(recipe: Any) -> str:
+    """The recipe as YAML, every key followed by its field doc as a comment (``--print-recipe``)."""
+    lines = []
+    for section in dataclasses.fields(recipe):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(getattr(recipe, section.name)):
+            value = getattr(getattr(recipe, section.name), f.name)
+            text = (
+                yaml.safe_dump(value, default_flow_style=True, width=10_000)
+                .strip()
+                .removesuffix("\n...")
+                .strip()
+            )
+            lines.append(f"  {f.name}: {text}  # {f.metadata.get('doc', '')}")
+    return "\n".join(lines) + "\n"
+
+
 def load_recipe(kind: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None):
     """Build the recipe of command ``kind`` from a YAML file (optional) and dotted overrides (which win).
 
