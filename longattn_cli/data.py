@@ -154,21 +154,31 @@ def check_column(ds, column: str, kinds: tuple[str, ...], what: str) -> None:
     names = list(ds.column_names or [])
     if names and column not in names:
         raise UserError(f"{what}: no column {column!r}; the data has {', '.join(names)}")
-    sample = next(iter(ds), None)
-    if sample is None:
-        raise UserError(f"{what}: the data holds no examples")
-    if column not in sample:
-        raise UserError(f"{what}: no column {column!r}; the data has {', '.join(sample)}")
-    value = sample[column]
-    ok = {
-        "text": isinstance(value, str),
-        "words": isinstance(value, list) and all(isinstance(w, str) for w in value),
-    }
-    if not any(ok[k] for k in kinds):
+    features = getattr(ds, "features", None)
+    if features and column in features:  # judged by type, so that empty cells do not mislead
+        feature = features[column]
+        inner = getattr(feature, "feature", None)
+        found = {"text": _is_string(feature), "words": inner is not None and _is_string(inner)}
+        shown = str(feature)
+    else:  # a stream of unknown type: judge by the first example that has a value
+        sample = next((ex for ex in itertools.islice(ds, 100) if ex.get(column) is not None), None)
+        if sample is None:
+            raise UserError(
+                f"{what}: no example with a value in column {column!r}; the data has {', '.join(names) or 'none'}"
+            )
+        value = sample[column]
+        found = {
+            "text": isinstance(value, str),
+            "words": isinstance(value, list) and all(isinstance(w, str) for w in value),
+        }
+        shown = f"{type(value).__name__} {_short(value)!r}"
+    if not any(found[k] for k in kinds):
         want = " or ".join({"text": "strings", "words": "lists of words"}[k] for k in kinds)
-        raise UserError(
-            f"{what}: column {column!r} must hold {want}, found {type(value).__name__} {_short(value)!r}"
-        )
+        raise UserError(f"{what}: column {column!r} must hold {want}, found {shown}")
+
+
+def _is_string(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
 
 
 def _short(value: Any) -> str:
@@ -189,7 +199,7 @@ def file_digest(path: Path) -> str:
 
 
 def source_fingerprint(source: str, split: str, data) -> str:
-    """What identifies the raw data: file contents, or hub name + config + split (+ its cached fingerprint)."""
+    """What identifies the raw data: file contents, or hub name + config + split (not the hub revision)."""
     if source == PYTHON_DOCS:
         source = str(python_docs_file(data.cache_dir))
     if is_local(source):
@@ -249,7 +259,7 @@ def corpus_tokenizer(raw, data, vocab_size: int, fingerprint: str, limit: int = 
     )
     if (out / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(out)
-    texts = (ex[data.text_column] for ex in itertools.islice(raw, limit))
+    texts = (ex[data.text_column] for ex in itertools.islice(raw, limit) if ex[data.text_column])
     tmp = out.with_name(out.name + f".tmp{id(texts)}")
     tok = train_bpe_tokenizer(texts, tmp, vocab_size, data.max_length)
     if not out.exists():
@@ -273,7 +283,8 @@ def pack(raw, tokenizer, data, fingerprint: str, what: str = "data.source"):
     column, n = data.text_column, data.max_length
 
     def tokenize_and_group(batch):
-        ids = tokenizer(batch[column], add_special_tokens=True, truncation=False)["input_ids"]
+        docs = [t for t in batch[column] if t]  # empty cells (None, "") are not documents
+        ids = tokenizer(docs, add_special_tokens=True, truncation=False)["input_ids"] if docs else []
         flat = [t for doc in ids for t in doc]
         return {"input_ids": [flat[i : i + n] for i in range(0, len(flat) - n + 1, n)]}
 

@@ -98,8 +98,9 @@ def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = Fal
                 batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length
             )
         else:
-            pair = batch[d.text_pair_column] if d.text_pair_column else None
-            enc = tokenizer(batch[d.text_column], pair, truncation=True, max_length=d.max_length)
+            pair = [t or "" for t in batch[d.text_pair_column]] if d.text_pair_column else None
+            texts = [t or "" for t in batch[d.text_column]]  # an empty cell is an empty text, not a crash
+            enc = tokenizer(texts, pair, truncation=True, max_length=d.max_length)
         out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         if token:
             words = [enc.word_ids(i) for i in range(len(enc["input_ids"]))]

@@ -227,7 +227,7 @@ def _bad(tmp_path, name, text):
         ("empty", "is empty"),
         ("corrupt", "cannot read"),
         ("no-column", "no column 'text'; the data has body"),
-        ("int-column", "column 'text' must hold strings, found int"),
+        ("int-column", "column 'text' must hold strings, found Value('int64')"),
         ("too-little", "zero examples after packing"),
         ("offline-hub", "unreachable"),
         ("too-long", "data.max_length=256 is above the model's 128 positions"),
