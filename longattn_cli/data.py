@@ -63,8 +63,9 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
     """One split of a dataset: a ``datasets.Dataset`` (or ``IterableDataset`` when streaming).
 
     Args:
-        source: ``python-docs``, a local file, or a hub dataset name.
-        split: split name (hub datasets only; a local file is one split).
+        source: ``python-docs``, a local file, a local directory (data files whose names give the splits, or
+            a dataset saved with ``save_to_disk``), or a hub dataset name.
+        split: split name (hub datasets and directories; a local file is one split).
         data: the recipe's data section (config name, streaming, cache_dir, max_examples).
         what: the recipe key that named ``source``, for error messages.
     """
@@ -72,7 +73,9 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
 
     if source == PYTHON_DOCS:
         source = str(python_docs_file(data.cache_dir))
-    if is_local(source):
+    if Path(source).expanduser().is_dir():
+        ds = _load_dir(Path(source).expanduser(), split, data, what)
+    elif is_local(source):
         ds = _load_file(Path(source).expanduser(), data, what)
     else:
         ds = _load_hub(source, split, data, what)
@@ -83,6 +86,29 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
             else ds.select(range(min(data.max_examples, len(ds))))
         )
     return ds
+
+
+def _load_dir(path: Path, split: str, data, what: str):
+    """A directory: a dataset saved with ``save_to_disk``, or data files whose names give the splits."""
+    import datasets
+
+    try:
+        if any((path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise UserError(f"{what}: {path} has no split {split!r}; it has {', '.join(ds)}")
+                ds = ds[split]
+            return ds.to_iterable_dataset() if data.streaming else ds
+        return datasets.load_dataset(
+            str(path), split=split, streaming=data.streaming, cache_dir=str(Path(data.cache_dir) / "datasets")
+        )
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"{what}: cannot read split {split!r} of directory {path}: {_first_line(exc)}"
+        ) from None
 
 
 def _load_file(path: Path, data, what: str):
@@ -202,8 +228,14 @@ def source_fingerprint(source: str, split: str, data) -> str:
     """What identifies the raw data: file contents, or hub name + config + split (not the hub revision)."""
     if source == PYTHON_DOCS:
         source = str(python_docs_file(data.cache_dir))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return _sha(
+            "dir", [(str(p.relative_to(path)), file_digest(p)) for p in files], split, data.max_examples
+        )
     if is_local(source):
-        return _sha("file", file_digest(Path(source).expanduser()), data.max_examples)
+        return _sha("file", file_digest(path), data.max_examples)
     return _sha("hub", source, data.config, split, data.streaming, data.max_examples)
 
 

@@ -37,10 +37,10 @@ class ClassificationObjective(nn.Module):
 
 
 def load_split(d, value: str, what: str):
-    """A split named in the recipe: a local file, or a split of the hub dataset ``data.source``."""
+    """A split named in the recipe: a local file, or a split of ``data.source`` (a hub dataset or a directory)."""
     if D.is_local(value):
         return D.load_raw(value, "train", d, what=what), D.source_fingerprint(value, "train", d)
-    if D.is_local(d.source):
+    if D.is_local(d.source) and not Path(d.source).expanduser().is_dir():
         raise UserError(
             f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file"
         )
