@@ -219,7 +219,7 @@ def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: s
 
     import datasets
 
-    from longattn_cli.config import load_recipe, parse_overrides, to_dict
+    from longattn_cli.config import describe, load_recipe, parse_overrides
 
     datasets.logging.set_verbosity(logging.CRITICAL)  # bad data becomes one line of ours, not library logs
     datasets.disable_progress_bars()
@@ -228,9 +228,7 @@ def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: s
         values["training.resume"] = resume
     loaded = load_recipe(kind, recipe, values)
     if show:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(loaded), sort_keys=False), end="")
+        print(describe(loaded), end="")
         return
     if kind == "pretrain":
         from longattn_cli.pretrain import run
@@ -246,7 +244,7 @@ def pretrain_cmd(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (default: the embedded default recipe)."),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML and exit."),
+    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."),
 ):
     """Pretrain a masked-language model. With no arguments: a small 4,096-token model on CPython's docs, offline.
 
@@ -260,7 +258,7 @@ def finetune_cmd(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/finetune/)."),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML and exit."),
+    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."),
 ):
     """Fine-tune a checkpoint for sequence or token classification (or regression), with evaluation.
 

@@ -294,6 +294,7 @@ class TrainingConfig:
         "evaluation metric that picks the best checkpoint (default: accuracy, mse or loss)"
     )
     resume: str | None = _doc("latest, or a checkpoint directory, to continue from")
+    overwrite: bool = _doc("start afresh in an output directory that holds another run's checkpoints", False)
 
     def __post_init__(self):
         _positive(
@@ -368,6 +369,23 @@ RECIPES = {"pretrain": PretrainRecipe, "finetune": FinetuneRecipe}
 def to_dict(recipe: Any) -> dict[str, Any]:
     """The recipe as plain nested dicts (what checkpoints record and ``--print-recipe`` shows)."""
     return dataclasses.asdict(recipe)
+
+
+def describe(recipe: Any) -> str:
+    """The recipe as YAML, every key followed by its field doc as a comment (``--print-recipe``)."""
+    lines = []
+    for section in dataclasses.fields(recipe):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(getattr(recipe, section.name)):
+            value = getattr(getattr(recipe, section.name), f.name)
+            text = (
+                yaml.safe_dump(value, default_flow_style=True, width=10_000)
+                .strip()
+                .removesuffix("\n...")
+                .strip()
+            )
+            lines.append(f"  {f.name}: {text}  # {f.metadata.get('doc', '')}")
+    return "\n".join(lines) + "\n"
 
 
 def load_recipe(kind: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None):

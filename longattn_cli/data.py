@@ -63,8 +63,9 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
     """One split of a dataset: a ``datasets.Dataset`` (or ``IterableDataset`` when streaming).
 
     Args:
-        source: ``python-docs``, a local file, or a hub dataset name.
-        split: split name (hub datasets only; a local file is one split).
+        source: ``python-docs``, a local file, a local directory (data files whose names give the splits, or
+            a dataset saved with ``save_to_disk``), or a hub dataset name.
+        split: split name (hub datasets and directories; a local file is one split).
         data: the recipe's data section (config name, streaming, cache_dir, max_examples).
         what: the recipe key that named ``source``, for error messages.
     """
@@ -72,7 +73,9 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
 
     if source == PYTHON_DOCS:
         source = str(python_docs_file(data.cache_dir))
-    if is_local(source):
+    if Path(source).expanduser().is_dir():
+        ds = _load_dir(Path(source).expanduser(), split, data, what)
+    elif is_local(source):
         ds = _load_file(Path(source).expanduser(), data, what)
     else:
         ds = _load_hub(source, split, data, what)
@@ -83,6 +86,29 @@ def load_raw(source: str, split: str, data, what: str = "data.source"):
             else ds.select(range(min(data.max_examples, len(ds))))
         )
     return ds
+
+
+def _load_dir(path: Path, split: str, data, what: str):
+    """A directory: a dataset saved with ``save_to_disk``, or data files whose names give the splits."""
+    import datasets
+
+    try:
+        if any((path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise UserError(f"{what}: {path} has no split {split!r}; it has {', '.join(ds)}")
+                ds = ds[split]
+            return ds.to_iterable_dataset() if data.streaming else ds
+        return datasets.load_dataset(
+            str(path), split=split, streaming=data.streaming, cache_dir=str(Path(data.cache_dir) / "datasets")
+        )
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"{what}: cannot read split {split!r} of directory {path}: {_first_line(exc)}"
+        ) from None
 
 
 def _load_file(path: Path, data, what: str):
@@ -154,21 +180,31 @@ def check_column(ds, column: str, kinds: tuple[str, ...], what: str) -> None:
     names = list(ds.column_names or [])
     if names and column not in names:
         raise UserError(f"{what}: no column {column!r}; the data has {', '.join(names)}")
-    sample = next(iter(ds), None)
-    if sample is None:
-        raise UserError(f"{what}: the data holds no examples")
-    if column not in sample:
-        raise UserError(f"{what}: no column {column!r}; the data has {', '.join(sample)}")
-    value = sample[column]
-    ok = {
-        "text": isinstance(value, str),
-        "words": isinstance(value, list) and all(isinstance(w, str) for w in value),
-    }
-    if not any(ok[k] for k in kinds):
+    features = getattr(ds, "features", None)
+    if features and column in features:  # judged by type, so that empty cells do not mislead
+        feature = features[column]
+        inner = getattr(feature, "feature", None)
+        found = {"text": _is_string(feature), "words": inner is not None and _is_string(inner)}
+        shown = str(feature)
+    else:  # a stream of unknown type: judge by the first example that has a value
+        sample = next((ex for ex in itertools.islice(ds, 100) if ex.get(column) is not None), None)
+        if sample is None:
+            raise UserError(
+                f"{what}: no example with a value in column {column!r}; the data has {', '.join(names) or 'none'}"
+            )
+        value = sample[column]
+        found = {
+            "text": isinstance(value, str),
+            "words": isinstance(value, list) and all(isinstance(w, str) for w in value),
+        }
+        shown = f"{type(value).__name__} {_short(value)!r}"
+    if not any(found[k] for k in kinds):
         want = " or ".join({"text": "strings", "words": "lists of words"}[k] for k in kinds)
-        raise UserError(
-            f"{what}: column {column!r} must hold {want}, found {type(value).__name__} {_short(value)!r}"
-        )
+        raise UserError(f"{what}: column {column!r} must hold {want}, found {shown}")
+
+
+def _is_string(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
 
 
 def _short(value: Any) -> str:
@@ -189,11 +225,17 @@ def file_digest(path: Path) -> str:
 
 
 def source_fingerprint(source: str, split: str, data) -> str:
-    """What identifies the raw data: file contents, or hub name + config + split (+ its cached fingerprint)."""
+    """What identifies the raw data: file contents, or hub name + config + split (not the hub revision)."""
     if source == PYTHON_DOCS:
         source = str(python_docs_file(data.cache_dir))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return _sha(
+            "dir", [(str(p.relative_to(path)), file_digest(p)) for p in files], split, data.max_examples
+        )
     if is_local(source):
-        return _sha("file", file_digest(Path(source).expanduser()), data.max_examples)
+        return _sha("file", file_digest(path), data.max_examples)
     return _sha("hub", source, data.config, split, data.streaming, data.max_examples)
 
 
@@ -249,7 +291,7 @@ def corpus_tokenizer(raw, data, vocab_size: int, fingerprint: str, limit: int = 
     )
     if (out / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(out)
-    texts = (ex[data.text_column] for ex in itertools.islice(raw, limit))
+    texts = (ex[data.text_column] for ex in itertools.islice(raw, limit) if ex[data.text_column])
     tmp = out.with_name(out.name + f".tmp{id(texts)}")
     tok = train_bpe_tokenizer(texts, tmp, vocab_size, data.max_length)
     if not out.exists():
@@ -273,7 +315,8 @@ def pack(raw, tokenizer, data, fingerprint: str, what: str = "data.source"):
     column, n = data.text_column, data.max_length
 
     def tokenize_and_group(batch):
-        ids = tokenizer(batch[column], add_special_tokens=True, truncation=False)["input_ids"]
+        docs = [t for t in batch[column] if t]  # empty cells (None, "") are not documents
+        ids = tokenizer(docs, add_special_tokens=True, truncation=False)["input_ids"] if docs else []
         flat = [t for doc in ids for t in doc]
         return {"input_ids": [flat[i : i + n] for i in range(0, len(flat) - n + 1, n)]}
 

@@ -37,10 +37,10 @@ class ClassificationObjective(nn.Module):
 
 
 def load_split(d, value: str, what: str):
-    """A split named in the recipe: a local file, or a split of the hub dataset ``data.source``."""
+    """A split named in the recipe: a local file, or a split of ``data.source`` (a hub dataset or a directory)."""
     if D.is_local(value):
         return D.load_raw(value, "train", d, what=what), D.source_fingerprint(value, "train", d)
-    if D.is_local(d.source):
+    if D.is_local(d.source) and not Path(d.source).expanduser().is_dir():
         raise UserError(
             f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file"
         )
@@ -105,8 +105,9 @@ def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = Fal
                 batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length
             )
         else:
-            pair = batch[d.text_pair_column] if d.text_pair_column else None
-            enc = tokenizer(batch[d.text_column], pair, truncation=True, max_length=d.max_length)
+            pair = [t or "" for t in batch[d.text_pair_column]] if d.text_pair_column else None
+            texts = [t or "" for t in batch[d.text_column]]  # an empty cell is an empty text, not a crash
+            enc = tokenizer(texts, pair, truncation=True, max_length=d.max_length)
         out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         if token:
             words = [enc.word_ids(i) for i in range(len(enc["input_ids"]))]
@@ -191,7 +192,7 @@ def build(recipe, accelerator) -> Job:
         if d.text_pair_column:
             D.check_column(ds, d.text_pair_column, ("text",), where)
     labels = L.infer(
-        [s for s in splits.values() if d.label_column in s.column_names] or [train],
+        [train, *(s for k, s in splits.items() if k != "train" and d.label_column in s.column_names)],
         d.label_column,
         m.task,
         m.problem_type,

@@ -65,7 +65,7 @@ class Job:
 
 
 class Stop:
-    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second signal aborts."""
+    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second Ctrl-C aborts."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -79,12 +79,17 @@ class Stop:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
+        # A second Ctrl-C aborts; a SIGTERM after the first signal is ignored, because launchers (torchrun)
+        # answer Ctrl-C by sending SIGTERM to workers that are already saving.
         if self.signal is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT and self.signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signal = signum
 
 
 def make_accelerator(precision: str):
+    """An ``Accelerator`` for ``training.mixed_precision`` (``auto``: bf16 on GPUs that have it, else none)."""
     import os
 
     from accelerate import Accelerator
@@ -99,9 +104,15 @@ def make_accelerator(precision: str):
     # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
-        return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
+        accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"training.mixed_precision={precision}: {exc}") from None
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED"):  # their sharded optimizer state needs accelerate's own save_state
+        raise UserError(
+            f"{kind} is not supported by longattn's checkpoints yet; launch data parallel (DDP) instead"
+        )
+    return accelerator
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -137,6 +148,9 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
     accelerator = make_accelerator(cfg.mixed_precision)
     set_seed(cfg.seed)  # identical initial weights on every process
     resume = _check_resume(recipe, accelerator.num_processes) if cfg.resume else None
+    if not cfg.resume:
+        trainstate.clear_previous_run(Path(cfg.output_dir), cfg.overwrite, delete=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
     with accelerator.main_process_first():  # the main process builds caches; the others then reuse them
         job = build(recipe, accelerator)
     run = _Run(recipe, job, accelerator, resume)

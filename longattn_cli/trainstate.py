@@ -24,6 +24,7 @@ STATE_FILE = "trainer_state.json"
 # Keys that may change between a run and its resumption without changing what is computed.
 VOLATILE = {
     "training.resume",
+    "training.overwrite",
     "training.log_every",
     "training.save_every",
     "training.keep_last",
@@ -138,6 +139,26 @@ def save(
     os.replace(tmp, directory)
     for old in list_checkpoints(directory.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def clear_previous_run(output_dir: Path, overwrite: bool, delete: bool) -> None:
+    """Refuse to mix a new run's checkpoints with an earlier run's, unless asked to remove the earlier ones.
+
+    Every process calls it (so all fail alike); only the one with ``delete`` removes files.
+    """
+    found = list_checkpoints(output_dir / "checkpoints")
+    if not found:
+        return
+    if not overwrite:
+        raise UserError(
+            f"{output_dir} holds checkpoints of an earlier run (up to {found[-1].name}); continue it with --resume "
+            "latest, or start afresh with training.overwrite=true (or another training.output_dir)"
+        )
+    if not delete:
+        return
+    for stale in (output_dir / "checkpoints", output_dir / "best"):
+        shutil.rmtree(stale, ignore_errors=True)
+    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -7,14 +7,18 @@ import torch
 
 from longattn_cli.config import load_recipe
 from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
-from longattn_cli.testing import python_docs_text
 from longattn_cli.sampling import Order
+from longattn_cli.testing import python_docs_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data_section(tmp_path, **over):
-    return load_recipe("pretrain", None, {"data.cache_dir": str(tmp_path / "cache"), **{f"data.{k}": v for k, v in over.items()}}).data
+    return load_recipe(
+        "pretrain",
+        None,
+        {"data.cache_dir": str(tmp_path / "cache"), **{f"data.{k}": v for k, v in over.items()}},
+    ).data
 
 
 @pytest.mark.parametrize("suffix", ["txt", "jsonl", "json", "csv", "parquet"])
@@ -29,7 +33,9 @@ def test_every_local_format_loads_with_the_named_column(tmp_path, suffix):
 
         column = "body"
         ds = datasets.Dataset.from_dict({"body": texts, "n": list(range(len(texts)))})
-        {"jsonl": ds.to_json, "json": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[suffix](str(path))
+        {"jsonl": ds.to_json, "json": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[suffix](
+            str(path)
+        )
     d = data_section(tmp_path, source=str(path), text_column=column)
     raw = load_raw(d.source, d.split, d)
     check_column(raw, column, ("text",), "data.source")
@@ -47,7 +53,9 @@ def test_packing_makes_full_blocks_with_separators(tmp_path, bpe_dir):
     packed, key, hit = pack(load_raw(d.source, d.split, d), tok, d, source_fingerprint(d.source, d.split, d))
     stream = [t for doc in tok(docs)["input_ids"] for t in doc]
     assert not hit and len(packed) == len(stream) // 128
-    assert [t for block in packed["input_ids"] for t in block] == stream[: len(packed) * 128]  # order kept, nothing lost
+    assert [t for block in packed["input_ids"] for t in block] == stream[
+        : len(packed) * 128
+    ]  # order kept, nothing lost
     assert stream.count(tok.sep_token_id) == len(docs)  # every document ends with its separator
 
 
@@ -66,7 +74,9 @@ def test_masking_follows_bert_proportions_and_spares_special_tokens(bpe_dir):
     masked = (batch["input_ids"] == tok.mask_token_id) & chosen
     kept = (batch["input_ids"] == ids) & chosen
     assert masked.sum() / chosen.sum() == pytest.approx(0.8, abs=0.02)
-    assert kept.sum() / chosen.sum() == pytest.approx(0.1 + 0.1 / len(tok), abs=0.02)  # 10% kept (+ random hits)
+    assert kept.sum() / chosen.sum() == pytest.approx(
+        0.1 + 0.1 / len(tok), abs=0.02
+    )  # 10% kept (+ random hits)
     assert torch.equal(batch["input_ids"][~chosen], ids[~chosen])
     again = collate([{"input_ids": row.tolist()} for row in ids], key=7)
     other = collate([{"input_ids": row.tolist()} for row in ids], key=8)

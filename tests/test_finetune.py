@@ -43,7 +43,10 @@ def datasets_dir(tmp_path_factory):
         _write(d / f"single-{split}.jsonl", single)
         multi = [{"text": t, "labels": [w for w in WORDS[:3] if w in t]} for t in part]
         _write(d / f"multi-{split}.jsonl", multi)
-        _write(d / f"regress-{split}.jsonl", [{"text": t, "label": len(t.split()) / 40.0} for t in part])
+        regress = [
+            {"text": t, "other": t[::-1], "label": len(t.split()) / 40.0} for t in part
+        ]  # a sentence pair
+        _write(d / f"regress-{split}.jsonl", regress)
         tokens = []
         for t in part:
             words = t.split()[:30]
@@ -124,7 +127,7 @@ def test_multi_label_and_regression(tmp_path, roberta_dir, datasets_dir):
     assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
 
     out = tmp_path / "regress"
-    assert run(recipe(out, roberta_dir, datasets_dir, "regress")) == 0
+    assert run(recipe(out, roberta_dir, datasets_dir, "regress", "data.text_pair_column=other")) == 0
     preds, results = predictions(out), json.loads((out / "results.json").read_text())
     mse = sum((p["prediction"] - p["label"]) ** 2 for p in preds) / len(preds)
     assert results["mse"] == pytest.approx(mse, rel=1e-5)
@@ -270,8 +273,46 @@ def test_interrupted_finetuning_resumes_to_the_same_model(tmp_path, roberta_dir,
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra), on_step=interrupt) == 128 + signal.SIGTERM
+    assert (
+        run(recipe(split, roberta_dir, datasets_dir, "single", *extra), on_step=interrupt)
+        == 128 + signal.SIGTERM
+    )
     assert run(recipe(split, roberta_dir, datasets_dir, "single", *extra, "training.resume=latest")) == 0
     a, b = load_file(str(full / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert predictions(full) == predictions(split)
+
+
+def test_a_directory_of_split_files_and_a_saved_dataset(tmp_path, roberta_dir, datasets_dir):
+    import shutil
+
+    import datasets
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy(datasets_dir / f"single-{split}.jsonl", files / f"{split}.jsonl")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(
+        {s: datasets.Dataset.from_json(str(files / f"{s}.jsonl")) for s in ("train", "validation")}
+    ).save_to_disk(str(saved))
+    for source in (files, saved):
+        out = tmp_path / f"run-{source.name}"
+        over = [
+            f"model.source={roberta_dir}",
+            f"data.source={source}",
+            "data.validation=validation",
+            "data.max_length=64",
+            f"training.output_dir={out}",
+            "training.max_steps=2",
+            "training.batch_size=8",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ]
+        assert run(load_recipe("finetune", None, parse_overrides(over))) == 0
+        assert len(predictions(out)) == 20  # the validation split (no test given)
+    with pytest.raises(Exception, match="has no split 'dev'; it has train, validation"):
+        run(
+            load_recipe(
+                "finetune", None, parse_overrides([*over, "data.validation=dev", "training.overwrite=true"])
+            )
+        )

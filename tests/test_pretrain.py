@@ -126,6 +126,11 @@ def test_resume_with_a_different_recipe_fails_fast(tmp_path, corpus, cache, caps
     out = tmp_path / "run"
     assert run(load_recipe("pretrain", None, _ov(args(out, corpus, cache, "training.max_steps=2")))) == 0
     capsys.readouterr()
+    code, _, err = cli(["pretrain", *args(out, corpus, cache, "training.max_steps=2")], capsys)
+    assert (
+        code == 2
+        and "holds checkpoints of an earlier run (up to step-0000002); continue it with --resume" in err
+    )
     code, _, err = cli(
         [
             "pretrain",
@@ -222,7 +227,7 @@ def _bad(tmp_path, name, text):
         ("empty", "is empty"),
         ("corrupt", "cannot read"),
         ("no-column", "no column 'text'; the data has body"),
-        ("int-column", "column 'text' must hold strings, found int"),
+        ("int-column", "column 'text' must hold strings, found Value('int64')"),
         ("too-little", "zero examples after packing"),
         ("offline-hub", "unreachable"),
         ("too-long", "data.max_length=256 is above the model's 128 positions"),
@@ -303,8 +308,15 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
     out = tmp_path / "run"
     valid = tmp_path / "valid.txt"
     valid.write_text("\n\n".join(python_docs_text()[300:360]) + "\n")
-    over = args(out, corpus, cache, "training.max_steps=4", "training.eval_every=2", f"data.validation={valid}",
-                "training.gradient_accumulation_steps=2")
+    over = args(
+        out,
+        corpus,
+        cache,
+        "training.max_steps=4",
+        "training.eval_every=2",
+        f"data.validation={valid}",
+        "training.gradient_accumulation_steps=2",
+    )
     assert run(load_recipe("pretrain", None, _ov(over))) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval_loss" in x]
@@ -312,6 +324,21 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
     best = min(evals, key=lambda x: x["eval_loss"])
     state = json.loads((out / "checkpoints" / "step-0000004" / "trainer_state.json").read_text())
-    assert state["best_step"] == best["step"] and state["tokens"] == 4 * 2 * 2 * 64  # steps × micro × batch × length
+    assert (
+        state["best_step"] == best["step"] and state["tokens"] == 4 * 2 * 2 * 64
+    )  # steps × micro × batch × length
     final, kept = weights(out), weights(out / "best")
     assert all(torch.equal(final[k], kept[k]) for k in final)
+
+
+def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
+    from longattn_cli.train import Stop
+
+    with Stop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's answer to Ctrl-C: ignored while saving
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

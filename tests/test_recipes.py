@@ -89,3 +89,17 @@ def test_finetune_keeps_its_own_defaults_when_a_section_is_given_in_part():
         "finetune", None, {"model.source": "x", "data.source": "y.csv", "training.batch_size": 2}
     )
     assert recipe.training.learning_rate == 3e-5 and recipe.training.output_dir == "runs/finetune"
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_printed_recipe_documents_every_key_and_loads_back(kind, tmp_path):
+    from longattn_cli.config import describe
+
+    recipe = load_recipe(
+        kind, None, {"model.source": "some/dir", "data.source": "train.csv"} if kind == "finetune" else {}
+    )
+    text = describe(recipe)
+    assert all("  # " in line for line in text.splitlines() if line.startswith("  "))
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert load_recipe(kind, path) == recipe
