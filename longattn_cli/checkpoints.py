@@ -142,7 +142,9 @@ def _bert_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
 def _check_absolute(src: dict[str, Any]) -> None:
     kind = src.get("position_embedding_type", "absolute")
     if kind != "absolute":
-        raise UserError(f"position_embedding_type={kind!r} is not supported; only 'absolute' position embeddings are")
+        raise UserError(
+            f"position_embedding_type={kind!r} is not supported; only 'absolute' position embeddings are"
+        )
 
 
 # Fields of the published LSG configs (ccdv/lsg-base-4096 and the lsg-converter's output), also our settings.
@@ -190,7 +192,9 @@ def _roberta_config(src: dict[str, Any]) -> dict[str, Any]:
 
 def _bert_config(src: dict[str, Any]) -> dict[str, Any]:
     _check_absolute(src)
-    return common_config(src, position_offset=0, pad_token_id=src.get("pad_token_id", 0), **lsg_attention(src))
+    return common_config(
+        src, position_offset=0, pad_token_id=src.get("pad_token_id", 0), **lsg_attention(src)
+    )
 
 
 # transformers' YosoConfig defaults, for config.json files that leave a field out.
@@ -207,7 +211,14 @@ YOSO_DEFAULTS = {
     "use_fast_hash": True,
     "lsh_backward": True,
 }
-YOSO_SETTINGS = ("hash_code_len", "num_hash", "use_expectation", "use_fast_hash", "lsh_backward", "conv_window")
+YOSO_SETTINGS = (
+    "hash_code_len",
+    "num_hash",
+    "use_expectation",
+    "use_fast_hash",
+    "lsh_backward",
+    "conv_window",
+)
 
 
 def _yoso_config(src: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +260,10 @@ _NYSTROMFORMER_DEFAULTS = {
 
 def _nystromformer_config(src: dict[str, Any]) -> dict[str, Any]:
     """``uw-madison/nystromformer-*`` configs: ``segment_means_seq_len`` is not needed (any length works)."""
-    src = {**_NYSTROMFORMER_DEFAULTS, **{k: v for k, v in src.items() if v is not None or k == "conv_kernel_size"}}
+    src = {
+        **_NYSTROMFORMER_DEFAULTS,
+        **{k: v for k, v in src.items() if v is not None or k == "conv_kernel_size"},
+    }
     settings = {
         "num_landmarks": src["num_landmarks"],
         "conv_kernel_size": src["conv_kernel_size"],
@@ -272,7 +286,9 @@ def _nystromformer_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
     if "cls.predictions.bias" not in keys:  # older files may keep only the tied decoder bias
         m["cls.predictions.decoder.bias"] = "lm_head.bias"
     for i in range(layers):  # the depthwise convolution over V, (H, 1, k, 1)
-        m[f"nystromformer.encoder.layer.{i}.attention.self.conv.weight"] = f"longattn.layers.{i}.attention.conv.weight"
+        m[f"nystromformer.encoder.layer.{i}.attention.self.conv.weight"] = (
+            f"longattn.layers.{i}.attention.conv.weight"
+        )
     if any("ForTokenClassification" in a for a in cfg.get("architectures") or []):
         m |= {f"classifier.{t}": f"classifier.{t}" for t in ("weight", "bias")}
     # Not mapped: the sequence-classification head applies hidden_act where ours applies tanh.
@@ -313,7 +329,9 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         try:
             sd.update(torch.load(f, map_location="cpu", weights_only=True))
         except Exception as exc:
-            raise UserError(f"refusing to load {f}: not loadable with weights_only=True ({type(exc).__name__})") from None
+            raise UserError(
+                f"refusing to load {f}: not loadable with weights_only=True ({type(exc).__name__})"
+            ) from None
     return sd
 
 
@@ -344,7 +362,9 @@ def import_config(directory: Path, attention: str | None = None, attention_setti
         config = LongAttnConfig(**IMPORTERS[kind].config(src))
         config.architectures = src.get("architectures")
     else:
-        raise UserError(f"unsupported architecture model_type={kind!r} in {directory}; supported: {', '.join(supported_types())}")
+        raise UserError(
+            f"unsupported architecture model_type={kind!r} in {directory}; supported: {', '.join(supported_types())}"
+        )
     if attention or attention_settings:
         config.set_attention(attention, **(attention_settings or {}))
     return config
@@ -426,7 +446,9 @@ def _load_into(model, state: dict[str, torch.Tensor], source: str) -> None:
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise UserError(f"{source}: weight {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+            raise UserError(
+                f"{source}: weight {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}"
+            )
     result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     missing = [k for k in result.missing_keys if k not in tied]
     body_missing = [k for k in missing if k.startswith(("longattn.", "embeddings.", "layers."))]
@@ -442,7 +464,9 @@ def _load_into(model, state: dict[str, torch.Tensor], source: str) -> None:
     if missing:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[yellow]note:[/] {len(missing)} head weight(s) not in {source} were initialised randomly ({missing[0]}, ...)")
+        Console(stderr=True).print(
+            f"[yellow]note:[/] {len(missing)} head weight(s) not in {source} were initialised randomly ({missing[0]}, ...)"
+        )
 
 
 def load_tokenizer(source: str):
@@ -458,7 +482,9 @@ def load_tokenizer(source: str):
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"no usable tokenizer in {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(
+            f"no usable tokenizer in {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 # SentencePiece models as tokenizers ship them: ALBERT (and Nyströmformer), XLM-R/CamemBERT, Llama-style.

@@ -13,7 +13,6 @@ except ImportError:  # pragma: no cover - older typer
 
 from longattn_cli.errors import UserError
 
-
 app = typer.Typer(
     name="longattn",
     help="Pretrain, convert, fine-tune, benchmark and query encoders with efficient long-sequence attention.",
@@ -23,22 +22,27 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Pretrain, convert, fine-tune, benchmark and query encoders with efficient long-sequence attention."""
 
 
-ATTENTION_HELP = "Run with this attention mechanism instead of the checkpoint's (softmax, yoso, nystrom, lsg)."
+ATTENTION_HELP = (
+    "Run with this attention mechanism instead of the checkpoint's (softmax, yoso, nystrom, lsg)."
+)
 SET_HELP = "Override an attention setting, key=value (repeatable), e.g. --set use_expectation=false."
 
 
 @app.command("fill-mask")
 def fill_mask_cmd(
-    texts: list[str] = typer.Argument(..., help="Texts containing the tokenizer's mask token (<mask> or [MASK])."),
+    texts: list[str] = typer.Argument(
+        ..., help="Texts containing the tokenizer's mask token (<mask> or [MASK])."
+    ),
     model: str = typer.Option("roberta-base", "--model", "-m", help="Checkpoint directory or hub id."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Predictions per mask."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (the fill-mask pipeline's fields) instead of a table."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON (the fill-mask pipeline's fields) instead of a table."
+    ),
     attention: str = typer.Option(None, "--attention", help=ATTENTION_HELP),
     settings: list[str] = typer.Option(None, "--set", help=SET_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -49,13 +53,21 @@ def fill_mask_cmd(
     from longattn_cli.config import parse_overrides
 
     results = fill_mask.predict(
-        texts, model, top_k, attention=attention, attention_settings=parse_overrides(settings), device=device, dtype=dtype
+        texts,
+        model,
+        top_k,
+        attention=attention,
+        attention_settings=parse_overrides(settings),
+        device=device,
+        dtype=dtype,
     )
     fill_mask.render(results, as_json)
 
 
 data_app = typer.Typer(help="Build datasets: LRA ListOps and byte-level text.", no_args_is_help=True)
-lra_app = typer.Typer(help="Long Range Arena: compare runs with the published accuracies.", no_args_is_help=True)
+lra_app = typer.Typer(
+    help="Long Range Arena: compare runs with the published accuracies.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(lra_app, name="lra")
 
@@ -81,7 +93,9 @@ def data_listops_cmd(
 @data_app.command("text")
 def data_text_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Output directory (jsonl splits + tokenizer/)."),
-    source: str = typer.Option(None, help="Local aclImdb folder or train/test files; default: the hub's stanfordnlp/imdb."),
+    source: str = typer.Option(
+        None, help="Local aclImdb folder or train/test files; default: the hub's stanfordnlp/imdb."
+    ),
 ):
     """Prepare the LRA Text task: IMDB reviews as bytes with a byte-level tokenizer."""
     from longattn_cli.lra import cli as lra_cli
@@ -102,33 +116,75 @@ def lra_report_cmd(
 
 @app.command("benchmark")
 def benchmark_cmd(
-    scope: str = typer.Option("layer", help="layer (one attention sublayer: q/k/v, mechanism, output, norm) or model (whole encoder)."),
+    scope: str = typer.Option(
+        "layer",
+        help="layer (one attention sublayer: q/k/v, mechanism, output, norm) or model (whole encoder).",
+    ),
     mode: str = typer.Option("both", help="forward (inference), train (forward+backward) or both."),
     lengths: str = typer.Option(None, help="Comma-separated sequence lengths (default: 512,1024,...,16384)."),
-    attention: str = typer.Option(None, "--attention", help="Comma-separated variant labels or mechanism names (default: every registered variant)."),
-    settings: list[str] = typer.Option(None, "--set", help="Override a setting of every selected mechanism that has it, key=value (repeatable)."),
-    reference: bool = typer.Option(False, "--reference", help="Also measure transformers' RoBERTa (sdpa), YOSO and Nyströmformer where they run."),
+    attention: str = typer.Option(
+        None,
+        "--attention",
+        help="Comma-separated variant labels or mechanism names (default: every registered variant).",
+    ),
+    settings: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Override a setting of every selected mechanism that has it, key=value (repeatable).",
+    ),
+    reference: bool = typer.Option(
+        False,
+        "--reference",
+        help="Also measure transformers' RoBERTa (sdpa), YOSO and Nyströmformer where they run.",
+    ),
     batch: int = typer.Option(1, help="Batch size."),
     heads: int = typer.Option(None, help="Attention heads (default: the model size's)."),
     head_dim: int = typer.Option(None, help="Size of one head (default: the model size's)."),
     layers: int = typer.Option(None, help="Encoder layers for --scope model (default: the model size's)."),
-    model_size: str = typer.Option("base", help="Shape preset: tiny, small, base (12 layers, 768 wide, 12 heads) or large."),
-    model: str = typer.Option(None, "--model", "-m", help="Measure this checkpoint's shape and weights (directory or hub id) instead of a preset."),
+    model_size: str = typer.Option(
+        "base", help="Shape preset: tiny, small, base (12 layers, 768 wide, 12 heads) or large."
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Measure this checkpoint's shape and weights (directory or hub id) instead of a preset.",
+    ),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dropout: float = typer.Option(0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."),
+    dropout: float = typer.Option(
+        0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."
+    ),
     threads: int = typer.Option(None, help="CPU threads for torch (default: torch's)."),
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
     repeats: int = typer.Option(5, help="Timed steps per point, at least (median and quartiles reported)."),
-    min_time: float = typer.Option(1.0, help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps)."),
-    time_budget: float = typer.Option(120.0, help="Seconds a point may take (0: no limit); longer lengths of a mechanism that runs over are skipped."),
-    memory_limit: float = typer.Option(None, help="GB a point may allocate on CPU before it counts as OOM (default: 90% of free memory)."),
-    isolate: bool = typer.Option(True, help="Measure in a child process that an OOM or overrun cannot take down (--no-isolate: in this one)."),
-    json_path: str = typer.Option(None, "--json", help="Write every measurement and the machine to this JSON file."),
-    csv_path: str = typer.Option(None, "--csv", help="Write every measurement (one row per point) to this CSV file."),
-    plot_path: str = typer.Option(None, "--plot", help="Plot time and memory against length (log-log) to this PNG (needs matplotlib)."),
+    min_time: float = typer.Option(
+        1.0, help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps)."
+    ),
+    time_budget: float = typer.Option(
+        120.0,
+        help="Seconds a point may take (0: no limit); longer lengths of a mechanism that runs over are skipped.",
+    ),
+    memory_limit: float = typer.Option(
+        None, help="GB a point may allocate on CPU before it counts as OOM (default: 90% of free memory)."
+    ),
+    isolate: bool = typer.Option(
+        True,
+        help="Measure in a child process that an OOM or overrun cannot take down (--no-isolate: in this one).",
+    ),
+    json_path: str = typer.Option(
+        None, "--json", help="Write every measurement and the machine to this JSON file."
+    ),
+    csv_path: str = typer.Option(
+        None, "--csv", help="Write every measurement (one row per point) to this CSV file."
+    ),
+    plot_path: str = typer.Option(
+        None, "--plot", help="Plot time and memory against length (log-log) to this PNG (needs matplotlib)."
+    ),
     seed: int = typer.Option(0, help="Seed for weights and inputs."),
-    list_variants: bool = typer.Option(False, "--list", help="List the variant labels, their settings and references, and exit."),
+    list_variants: bool = typer.Option(
+        False, "--list", help="List the variant labels, their settings and references, and exit."
+    ),
 ):
     """Time and peak memory of every attention mechanism against sequence length."""
     from longattn_cli import benchmark
@@ -158,21 +214,43 @@ LSG_FLAG_HELP = "LSG setting (with --attention lsg); default: the source's, else
 
 @app.command("convert")
 def convert_cmd(
-    source: str = typer.Argument(..., help="Checkpoint directory or hub id: RoBERTa, BERT, XLM-RoBERTa, CamemBERT, LSG or longattn."),
-    max_length: int = typer.Option(4096, "--max-length", help="New longest input in tokens; must exceed the source's."),
-    out: str = typer.Option(None, "--out", "-o", help="Output directory (default: <source name>-<max length>)."),
-    attention: str = typer.Option("lsg", "--attention", help="Attention of the converted model: lsg, softmax, or any registered one."),
-    settings: list[str] = typer.Option(None, "--set", help="Attention setting key=value (repeatable), e.g. --set adaptive=false."),
+    source: str = typer.Argument(
+        ..., help="Checkpoint directory or hub id: RoBERTa, BERT, XLM-RoBERTa, CamemBERT, LSG or longattn."
+    ),
+    max_length: int = typer.Option(
+        4096, "--max-length", help="New longest input in tokens; must exceed the source's."
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Output directory (default: <source name>-<max length>)."
+    ),
+    attention: str = typer.Option(
+        "lsg", "--attention", help="Attention of the converted model: lsg, softmax, or any registered one."
+    ),
+    settings: list[str] = typer.Option(
+        None, "--set", help="Attention setting key=value (repeatable), e.g. --set adaptive=false."
+    ),
     block_size: int = typer.Option(None, "--block-size", help=LSG_FLAG_HELP + " (128)."),
     sparse_block_size: int = typer.Option(None, "--sparse-block-size", help=LSG_FLAG_HELP + " (128)."),
     sparsity_factor: int = typer.Option(None, "--sparsity-factor", help=LSG_FLAG_HELP + " (2)."),
-    sparsity_type: str = typer.Option(None, "--sparsity-type", help=LSG_FLAG_HELP + ": norm, pooling, lsh, stride, block_stride, bos_pooling or none (norm)."),
+    sparsity_type: str = typer.Option(
+        None,
+        "--sparsity-type",
+        help=LSG_FLAG_HELP + ": norm, pooling, lsh, stride, block_stride, bos_pooling or none (norm).",
+    ),
     num_global_tokens: int = typer.Option(None, "--num-global-tokens", help=LSG_FLAG_HELP + " (1)."),
-    random_global_init: bool = typer.Option(False, "--random-global-init", help="Draw global tokens from a Gaussian fitted to the word embeddings instead of BOS/mask."),
-    global_positional_stride: int = typer.Option(64, "--global-positional-stride", help="Position rows between consecutive global tokens."),
+    random_global_init: bool = typer.Option(
+        False,
+        "--random-global-init",
+        help="Draw global tokens from a Gaussian fitted to the word embeddings instead of BOS/mask.",
+    ),
+    global_positional_stride: int = typer.Option(
+        64, "--global-positional-stride", help="Position rows between consecutive global tokens."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
-    check: bool = typer.Option(False, "--check", help="Compare with the source on a short text; time the long model at --max-length."),
+    check: bool = typer.Option(
+        False, "--check", help="Compare with the source on a short text; time the long model at --max-length."
+    ),
     device: str = typer.Option("auto", help="Device for --check: auto, cpu, cuda or cuda:N."),
 ):
     """Make a RoBERTa/BERT-family model long: tiled positions, LSG (or other) attention, global tokens."""
@@ -201,20 +279,36 @@ def convert_cmd(
     console = Console(stderr=True)
     with console.status(f"converting {source} to {max_length} tokens with {attention} attention..."):
         path, src, model, tok = convert.convert(
-            source, max_length, out, attention, values, random_global_init, global_positional_stride, seed, overwrite
+            source,
+            max_length,
+            out,
+            attention,
+            values,
+            random_global_init,
+            global_positional_stride,
+            seed,
+            overwrite,
         )
-    console.print(f"[green]saved[/] {path} ({attention}, {max_length} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+    console.print(
+        f"[green]saved[/] {path} ({attention}, {max_length} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
+    )
     if check:
         with console.status("checking..."):
             result = convert.check(src, model, tok, max_length, device)
         convert.render_check(result, max_length)
 
 
-OVERRIDES_HELP = "Recipe overrides, key=value with dotted keys (they win over the recipe), e.g. training.max_steps=100."
-RESUME_HELP = "Continue from 'latest' (the newest checkpoint in the output directory) or a checkpoint directory."
+OVERRIDES_HELP = (
+    "Recipe overrides, key=value with dotted keys (they win over the recipe), e.g. training.max_steps=100."
+)
+RESUME_HELP = (
+    "Continue from 'latest' (the newest checkpoint in the output directory) or a checkpoint directory."
+)
 
 
-def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: str | None, show: bool) -> None:
+def _train(
+    kind: str, recipe: str | None, overrides: list[str] | None, resume: str | None, show: bool
+) -> None:
     import logging
 
     import datasets
@@ -242,9 +336,13 @@ def _train(kind: str, recipe: str | None, overrides: list[str] | None, resume: s
 @app.command("pretrain")
 def pretrain_cmd(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (default: the embedded default recipe)."),
+    recipe: str = typer.Option(
+        None, "--recipe", "-r", help="YAML recipe (default: the embedded default recipe)."
+    ),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."),
+    show: bool = typer.Option(
+        False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."
+    ),
 ):
     """Pretrain a masked-language model. With no arguments: a small 4,096-token model on CPython's docs, offline.
 
@@ -258,7 +356,9 @@ def finetune_cmd(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/finetune/)."),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-    show: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."),
+    show: bool = typer.Option(
+        False, "--print-recipe", help="Print the resolved recipe (YAML, every key documented) and exit."
+    ),
 ):
     """Fine-tune a checkpoint for sequence or token classification (or regression), with evaluation.
 

@@ -158,8 +158,18 @@ class PretrainModelConfig(ModelConfig):
 
 # Fields of LongAttnConfig that a recipe's model.scratch may not set: the tokenizer, data.max_length and
 # model.attention decide them.
-_DERIVED = {"vocab_size", "max_position_embeddings", "position_offset", "attention", "attention_settings",
-            "pad_token_id", "bos_token_id", "eos_token_id", "kwargs", "self"}
+_DERIVED = {
+    "vocab_size",
+    "max_position_embeddings",
+    "position_offset",
+    "attention",
+    "attention_settings",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "kwargs",
+    "self",
+}
 
 
 def _check_scratch(scratch: dict[str, Any]) -> None:
@@ -358,7 +368,9 @@ class FinetuneRecipe:
                 "or, to train from scratch, model.scratch (the architecture) and model.tokenizer"
             )
         if self.model.source and self.model.scratch:
-            raise UserError("model.scratch describes a model trained from scratch; it cannot go with model.source")
+            raise UserError(
+                "model.scratch describes a model trained from scratch; it cannot go with model.source"
+            )
         if not self.data.source:
             raise UserError("data.source is required: a local file or a hub dataset name")
 

@@ -68,7 +68,9 @@ def convert(
         raise UserError(f"output {str(out)!r} exists and is not empty; pass --overwrite to replace it")
     get_mechanism(attention)  # an unknown name fails before any loading
     if global_positional_stride < 1 or 512 % global_positional_stride:
-        raise UserError(f"--global-positional-stride={global_positional_stride} must divide 512 (1, 2, 4, ..., 512)")
+        raise UserError(
+            f"--global-positional-stride={global_positional_stride} must divide 512 (1, 2, 4, ..., 512)"
+        )
     src = load_model(source)
     tokenizer = load_tokenizer(source)
     old = src.config
@@ -83,7 +85,9 @@ def convert(
     model = HEADS[head](config).eval()
     state = {k: v.clone() for k, v in src.state_dict().items()}
     prefix = "" if head == "base" else "longattn."
-    state[prefix + POSITION_KEY] = tile_positions(state[prefix + POSITION_KEY], old.position_offset, max_length)
+    state[prefix + POSITION_KEY] = tile_positions(
+        state[prefix + POSITION_KEY], old.position_offset, max_length
+    )
     state.pop(prefix + GLOBAL_KEY, None)
     if config.num_global_tokens:
         state[prefix + GLOBAL_KEY] = init_global_tokens(
@@ -100,7 +104,9 @@ def convert(
     return out, src, model, tokenizer
 
 
-def new_config(old: LongAttnConfig, max_length: int, attention: str, settings: dict[str, Any] | None) -> LongAttnConfig:
+def new_config(
+    old: LongAttnConfig, max_length: int, attention: str, settings: dict[str, Any] | None
+) -> LongAttnConfig:
     """The source's config with the new length and attention (validated)."""
     fields = old.to_dict()
     for k in ("architectures", "_name_or_path", "transformers_version", "model_type", "dtype", "torch_dtype"):
@@ -130,7 +136,10 @@ def global_position_rows(positions: torch.Tensor, count: int, stride: int) -> to
     """
     n, d = positions.shape
     if n < 512:
-        extra = torch.normal(positions.mean(0, keepdim=True).expand(512 - n, -1), positions.std(0, keepdim=True).expand(512 - n, -1))
+        extra = torch.normal(
+            positions.mean(0, keepdim=True).expand(512 - n, -1),
+            positions.std(0, keepdim=True).expand(512 - n, -1),
+        )
         positions, n = torch.cat([positions, extra]), 512
     factor = n // 512
     positions = positions[: 512 * factor : factor]  # (512, D)
@@ -145,8 +154,12 @@ def init_global_tokens(src, tokenizer, count: int, stride: int, random_init: boo
     body = src.longattn if hasattr(src, "longattn") else src
     emb = body.embeddings
     words = emb.word_embeddings.weight.detach()
-    positions = global_position_rows(emb.position_embeddings.weight.detach()[cfg.position_offset :], count, stride)
-    bos = next((t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, cfg.bos_token_id) if t is not None), None)
+    positions = global_position_rows(
+        emb.position_embeddings.weight.detach()[cfg.position_offset :], count, stride
+    )
+    bos = next(
+        (t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, cfg.bos_token_id) if t is not None), None
+    )
     if bos is None:
         raise UserError("the tokenizer has neither a BOS nor a CLS token to seed the first global token")
     if random_init:
@@ -154,7 +167,9 @@ def init_global_tokens(src, tokenizer, count: int, stride: int, random_init: boo
         word_part = torch.distributions.MultivariateNormal(words.mean(0), cov).sample((count,))
     else:
         if tokenizer.mask_token_id is None:
-            raise UserError("the tokenizer has no mask token to seed the global tokens; pass --random-global-init")
+            raise UserError(
+                "the tokenizer has no mask token to seed the global tokens; pass --random-global-init"
+            )
         word_part = words[tokenizer.mask_token_id].expand(count, -1).clone()
     word_part[0] = words[bos]
     table = positions + word_part
@@ -198,12 +213,22 @@ def check(source_model, model, tokenizer, max_length: int, device: str = "auto")
     dev = pick_device(device)
     source_model, model = source_model.to(dev).eval(), model.to(dev).eval()
     mask = tokenizer.mask_token or ""
-    short = tokenizer(f"Paris is the {mask} of France, and the city has a long history.", return_tensors="pt").to(dev)
+    short = tokenizer(
+        f"Paris is the {mask} of France, and the city has a long history.", return_tensors="pt"
+    ).to(dev)
     with torch.no_grad():
         a = _logits(source_model(**short))
         b = _logits(model(**short))
-    where = short["input_ids"] == tokenizer.mask_token_id if a.dim() == 3 and tokenizer.mask_token_id is not None else None
-    pa, pb = (a[where], b[where]) if where is not None and where.any() else (a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
+    where = (
+        short["input_ids"] == tokenizer.mask_token_id
+        if a.dim() == 3 and tokenizer.mask_token_id is not None
+        else None
+    )
+    pa, pb = (
+        (a[where], b[where])
+        if where is not None and where.any()
+        else (a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
+    )
     result = {
         "device": str(dev),
         "short_tokens": int(short["input_ids"].shape[1]),
@@ -264,9 +289,15 @@ def render_check(result: dict[str, Any], max_length: int) -> None:
     table = Table(title=f"conversion check on {result['device']}", title_justify="left")
     table.add_column("check")
     table.add_column("value", justify="right")
-    table.add_row(f"short text ({result['short_tokens']} tokens): top-1 agreement with the source", f"{result['top1_agreement']:.0%}")
+    table.add_row(
+        f"short text ({result['short_tokens']} tokens): top-1 agreement with the source",
+        f"{result['top1_agreement']:.0%}",
+    )
     table.add_row("short text: largest logit difference", f"{result['max_logit_diff']:.4g}")
-    table.add_row(f"long text ({result['long_tokens']} of {max_length} tokens): forward time", f"{result['long_seconds']:.3f} s")
+    table.add_row(
+        f"long text ({result['long_tokens']} of {max_length} tokens): forward time",
+        f"{result['long_seconds']:.3f} s",
+    )
     table.add_row("long text: throughput", f"{result['tokens_per_second']:.0f} tokens/s")
     table.add_row(f"long text: memory ({result['memory_kind']})", f"{result['peak_memory_mb']:.0f} MiB")
     Console().print(table)

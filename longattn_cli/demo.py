@@ -15,7 +15,16 @@ def main(out: str = "runs/demo") -> None:
     print(f"tiny random RoBERTa checkpoint written to {root / 'roberta-tiny'}")
     from longattn_cli.cli import main as cli
 
-    cli(["fill-mask", "The <mask> statement ends a loop.", "--model", str(root / "roberta-tiny"), "--top-k", "3"])
+    cli(
+        [
+            "fill-mask",
+            "The <mask> statement ends a loop.",
+            "--model",
+            str(root / "roberta-tiny"),
+            "--top-k",
+            "3",
+        ]
+    )
 
 
 if __name__ == "__main__":

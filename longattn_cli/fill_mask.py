@@ -60,7 +60,12 @@ def predict(
 
 
 def _plain(p: dict[str, Any]) -> dict[str, Any]:
-    return {"score": float(p["score"]), "token": int(p["token"]), "token_str": p["token_str"], "sequence": p["sequence"]}
+    return {
+        "score": float(p["score"]),
+        "token": int(p["token"]),
+        "token_str": p["token_str"],
+        "sequence": p["sequence"],
+    }
 
 
 def _short(text: str, n: int = 60) -> str:

@@ -69,7 +69,9 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
         from longattn_cli.pretrain import fresh_config
 
         extra = {"attention_probs_dropout_prob": m.attention_dropout or 0.0}
-        config = fresh_config(tokenizer, max_length, m.attention, settings, **{**extra, **m.scratch, **fields})
+        config = fresh_config(
+            tokenizer, max_length, m.attention, settings, **{**extra, **m.scratch, **fields}
+        )
         return HEADS[m.task](config)
     src = read_config(resolve(m.source))
     if detect_head(src) == m.task and len(src.get("id2label") or {}) == labels.num_labels:

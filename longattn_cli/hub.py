@@ -38,10 +38,14 @@ def resolve(source: str) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"{source!r} is a directory without config.json; expected a Hugging Face checkpoint directory")
+            raise UserError(
+                f"{source!r} is a directory without config.json; expected a Hugging Face checkpoint directory"
+            )
         return path
     if path.exists():
-        raise UserError(f"{source!r} is a file; expected a checkpoint directory or a hub id such as 'roberta-base'")
+        raise UserError(
+            f"{source!r} is a file; expected a checkpoint directory or a hub id such as 'roberta-base'"
+        )
     if _looks_like_path(source):
         raise UserError(f"model path {source!r} does not exist; expected a checkpoint directory or a hub id")
     from huggingface_hub import snapshot_download

@@ -103,7 +103,9 @@ class LongAttnConfig(PretrainedConfig):
             **kwargs,
         )
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}")
+            raise ValueError(
+                f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
+            )
 
     @property
     def num_global_tokens(self) -> int:
@@ -132,7 +134,9 @@ class LongAttnEmbeddings(nn.Module):
 
     def __init__(self, config: LongAttnConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.num_global_tokens = config.num_global_tokens
@@ -155,7 +159,11 @@ class LongAttnEmbeddings(nn.Module):
             position_ids = self.position_ids(mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(position_ids)
-        x = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        x = (
+            inputs_embeds
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
         if self.num_global_tokens:
             g = self.global_embeddings.weight[None].expand(x.shape[0], -1, -1)  # (B, G, C)
             x = torch.cat([g.to(x.dtype), x], dim=1)
@@ -325,7 +333,9 @@ class LongAttnForMaskedLM(LongAttnPreTrainedModel):
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1).to(logits.device))
+            loss = nn.functional.cross_entropy(
+                logits.view(-1, logits.shape[-1]).float(), labels.view(-1).to(logits.device)
+            )
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
@@ -384,7 +394,11 @@ class LongAttnForSequenceClassification(LongAttnPreTrainedModel):
             input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
         )
         logits = self.classifier(out.last_hidden_state, attention_mask)
-        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels.to(logits.device))
+        loss = (
+            None
+            if labels is None
+            else sequence_classification_loss(self.config, logits, labels.to(logits.device))
+        )
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
@@ -404,7 +418,9 @@ class LongAttnForTokenClassification(LongAttnPreTrainedModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:  # -100 marks positions without a label (padding, sub-word continuations)
-            loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels).float(), labels.view(-1).to(logits.device))
+            loss = nn.functional.cross_entropy(
+                logits.view(-1, self.config.num_labels).float(), labels.view(-1).to(logits.device)
+            )
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 

@@ -71,7 +71,14 @@ def pick_tokenizer(m, d, raw, fingerprint: str):
     return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
 
 
-def fresh_config(tokenizer, max_length: int, attention: str | None, settings: dict | None, vocab_size: int | None = None, **fields):
+def fresh_config(
+    tokenizer,
+    max_length: int,
+    attention: str | None,
+    settings: dict | None,
+    vocab_size: int | None = None,
+    **fields,
+):
     """A :class:`LongAttnConfig` for a model trained from scratch on ``tokenizer`` and ``max_length`` tokens.
 
     Args:

@@ -19,7 +19,9 @@ def python_docs_text() -> list[str]:
     return out
 
 
-def train_bpe_tokenizer(out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None, model_max_length: int = 512):
+def train_bpe_tokenizer(
+    out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None, model_max_length: int = 512
+):
     """A byte-level BPE tokenizer with RoBERTa's special tokens, saved to ``out_dir``; returns it loaded."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
@@ -51,17 +53,35 @@ def train_wordpiece_tokenizer(out_dir: str | Path, vocab_size: int = 1000, model
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator(python_docs_text(), vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(
+        python_docs_text(),
+        vocab_size=vocab_size,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    )
     tok.save_model(str(out_dir))
     fast = BertTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, do_lower_case=True)
     fast.save_pretrained(out_dir)
     return fast
 
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
-def tiny_reference(family: str, out_dir: str | Path, head: str = "ForMaskedLM", tokenizer_dir: str | Path | None = None, seed: int = 0, **overrides):
+def tiny_reference(
+    family: str,
+    out_dir: str | Path,
+    head: str = "ForMaskedLM",
+    tokenizer_dir: str | Path | None = None,
+    seed: int = 0,
+    **overrides,
+):
     """Save a tiny random ``{Family}{head}`` checkpoint of transformers' own classes to ``out_dir``.
 
     Args:
@@ -95,7 +115,7 @@ def tiny_reference(family: str, out_dir: str | Path, head: str = "ForMaskedLM", 
     model = model_cls(config_cls(**kw)).eval()
     # Random LayerNorm and bias values so that a wrongly mapped key cannot hide behind ones and zeros.
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(out_dir)

@@ -437,7 +437,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def _write_summary(out: Path, job, state: dict, world: int, elapsed: float, report, rows: dict[str, Any]) -> None:
+def _write_summary(
+    out: Path, job, state: dict, world: int, elapsed: float, report, rows: dict[str, Any]
+) -> None:
     """``OUTPUT/summary.json``: the run's figures for machines (``longattn lra report`` reads it)."""
     import json
 

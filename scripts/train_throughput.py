@@ -22,7 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
-    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
     "small": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
 }
 # Settings of the efficient mechanisms as in their published 4,096-token models.
@@ -38,9 +43,15 @@ def ours(mechanism: str, args, work: Path) -> float:
     """tokens/s of ``longattn pretrain`` (from metrics.jsonl, after the warm-up steps)."""
     out = work / f"ours-{mechanism}"
     over = [f"model.{k}={v}" for k, v in SIZES[args.size].items()]
-    over += [f"model.attention={mechanism}", f"data.max_length={args.max_length}", f"training.max_steps={args.steps}",
-             f"training.batch_size={args.batch_size}", "training.save_every=null", f"training.output_dir={out}",
-             f"data.cache_dir={work / 'cache'}"]
+    over += [
+        f"model.attention={mechanism}",
+        f"data.max_length={args.max_length}",
+        f"training.max_steps={args.steps}",
+        f"training.batch_size={args.batch_size}",
+        "training.save_every=null",
+        f"training.output_dir={out}",
+        f"data.cache_dir={work / 'cache'}",
+    ]
     over += [f"model.attention_settings.{k}={v}" for k, v in SETTINGS.get(mechanism, {}).items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "longattn_cli", "pretrain", *over], check=True, env=env, cwd=ROOT)
@@ -69,8 +80,12 @@ def trainer(args, work: Path) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     data = datasets.load_from_disk(str(blocks))
-    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=args.max_length + 2,
-                           attention_probs_dropout_prob=0.0, **SIZES[args.size])
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=args.max_length + 2,
+        attention_probs_dropout_prob=0.0,
+        **SIZES[args.size],
+    )
     torch.manual_seed(0)
     model = RobertaForMaskedLM(config)
 
@@ -81,11 +96,25 @@ def trainer(args, work: Path) -> float:
             self.times.append(time.perf_counter())
 
     clock = Clock()
-    targs = TrainingArguments(output_dir=str(work / "trainer"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                              learning_rate=1e-3, warmup_steps=4, save_strategy="no", report_to=[], logging_steps=1,
-                              dataloader_num_workers=0, disable_tqdm=True)
-    Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorForLanguageModeling(tokenizer),
-            callbacks=[clock]).train()
+    targs = TrainingArguments(
+        output_dir=str(work / "trainer"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-3,
+        warmup_steps=4,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    Trainer(
+        model=model,
+        args=targs,
+        train_dataset=data,
+        data_collator=DataCollatorForLanguageModeling(tokenizer),
+        callbacks=[clock],
+    ).train()
     t = clock.times
     return (len(t) - args.warmup) * args.batch_size * args.max_length / (t[-1] - t[args.warmup - 1])
 
@@ -107,8 +136,10 @@ def main() -> None:
         work = Path(tmp)
         rates = {f"longattn {m}": ours(m, args, work) for m in mechanisms}
         rates["transformers Trainer (RoBERTa, softmax)"] = trainer(args, work)
-    print(f"\ntokens/s, {args.size} size, {args.max_length} tokens, batch {args.batch_size}, "
-          f"steps {args.warmup + 1}-{args.steps} (torch threads: {__import__('torch').get_num_threads()})")
+    print(
+        f"\ntokens/s, {args.size} size, {args.max_length} tokens, batch {args.batch_size}, "
+        f"steps {args.warmup + 1}-{args.steps} (torch threads: {__import__('torch').get_num_threads()})"
+    )
     for name, rate in rates.items():
         print(f"  {name:45s} {rate:10.1f}")
 

@@ -9,25 +9,17 @@ import re
 
 import pytest
 import torch
+from helpers import run_cli as run
 
 from longattn_cli import benchmark
 from longattn_cli.attention import available
 from longattn_cli.benchmark_point import measure
-from longattn_cli.cli import main
 from longattn_cli.testing import tiny_reference
 
 # Tiny shapes, one warm-up and one timed step: these tests check what is measured and reported, not speed.
 # One thread: on a busy machine a second thread mostly waits for a core, and nothing here measures speed.
 QUICK = "--warmup 1 --repeats 1 --min-time 0 --threads 1 --device cpu".split()
 TINY = ["--model-size", "tiny", "--heads", "2", "--head-dim", "8", *QUICK]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def sweep(tmp_path, capsys, args, *extra, shape=TINY):

@@ -61,11 +61,13 @@ def test_base_model_hidden_states_match_reference(family, tmp_path, bpe_dir, wor
     enc = batch(tok_dir)
     with torch.no_grad():
         theirs = ref(**enc, output_hidden_states=True)
-        mine = ours(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
+        mine = ours(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
+        )
     m = enc["attention_mask"]
     assert_close(real(mine.last_hidden_state, m), real(theirs.last_hidden_state, m), rtol=1e-5, atol=1e-5)
     assert len(mine.hidden_states) == len(theirs.hidden_states)
-    for a, b in zip(mine.hidden_states, theirs.hidden_states):
+    for a, b in zip(mine.hidden_states, theirs.hidden_states, strict=True):
         assert_close(real(a, m), real(b, m), rtol=1e-5, atol=1e-5)
 
 
@@ -76,7 +78,12 @@ def test_sequence_classification_head_matches_reference(family, tmp_path, bpe_di
     ours = load_model(str(tmp_path))
     enc = batch(tok_dir)
     with torch.no_grad():
-        assert_close(ours(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, ref(**enc).logits, rtol=1e-5, atol=1e-5)
+        assert_close(
+            ours(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits,
+            ref(**enc).logits,
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("family", ["roberta", "bert"])
@@ -97,7 +104,12 @@ def test_bare_roberta_model_loads_as_masked_lm_with_new_head(tmp_path, bpe_dir):
     enc = batch(bpe_dir)
     with torch.no_grad():
         h = ours.longattn(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        assert_close(real(h, enc["attention_mask"]), real(ref(**enc).last_hidden_state, enc["attention_mask"]), rtol=1e-5, atol=1e-5)
+        assert_close(
+            real(h, enc["attention_mask"]),
+            real(ref(**enc).last_hidden_state, enc["attention_mask"]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_saved_model_reloads_through_auto_classes_as_safetensors(tmp_path, bpe_dir):
@@ -136,7 +148,12 @@ def test_pickled_weights_load_only_through_weights_only(tmp_path, bpe_dir):
     ours = load_model(str(tmp_path))
     enc = batch(bpe_dir)
     with torch.no_grad():
-        assert_close(real(ours(**enc).logits, enc["attention_mask"]), real(ref(**enc).logits, enc["attention_mask"]), rtol=1e-5, atol=1e-5)
+        assert_close(
+            real(ours(**enc).logits, enc["attention_mask"]),
+            real(ref(**enc).logits, enc["attention_mask"]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
     class Evil:
         def __reduce__(self):

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from helpers import run_cli as run
 from transformers import pipeline
 
-from longattn_cli.cli import main
 from longattn_cli.fill_mask import predict
 from longattn_cli.testing import tiny_reference
 
@@ -22,14 +22,6 @@ def bert_dir(tmp_path_factory, wordpiece_dir):
     d = tmp_path_factory.mktemp("bert")
     tiny_reference("bert", d, tokenizer_dir=wordpiece_dir)
     return d
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def assert_same(ours, theirs):
@@ -51,13 +43,16 @@ def test_predictions_equal_reference_pipeline(which, mask, roberta_dir, bert_dir
         theirs = ref(item["text"], top_k=4)
         theirs = theirs if isinstance(theirs[0], list) else [theirs]
         assert len(item["predictions"]) == len(theirs)
-        for a, b in zip(item["predictions"], theirs):
+        for a, b in zip(item["predictions"], theirs, strict=True):
             assert len(a) == 4
             assert_same(a, b)
 
 
 def test_json_output_has_pipeline_fields(roberta_dir, capsys):
-    code, out, err = run(["fill-mask", "A <mask> b.", "<mask> and <mask>", "--model", str(roberta_dir), "-k", "2", "--json"], capsys)
+    code, out, err = run(
+        ["fill-mask", "A <mask> b.", "<mask> and <mask>", "--model", str(roberta_dir), "-k", "2", "--json"],
+        capsys,
+    )
     assert code == 0, err
     data = json.loads(out)
     assert len(data) == 2 and len(data[1]["predictions"]) == 2
@@ -92,7 +87,7 @@ def test_input_at_max_length_works(roberta_dir):
         (["x <mask>", "--set", "nonsense=1"], "unknown setting.*nonsense.*valid: implementation"),
         (["x <mask>", "--set", "noequals"], "not of the form key=value"),
         (["x <mask>", "-k", "many"], "Invalid value for '--top-k'"),
-        (["x <mask>", "--device", "cuda:7"] , "CUDA is not available|cuda"),
+        (["x <mask>", "--device", "cuda:7"], "CUDA is not available|cuda"),
         (["x " + "word " * 300 + "<mask>"], "tokens long; the model takes at most 128"),
     ],
 )

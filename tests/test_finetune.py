@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
+from helpers import run_cli
 from safetensors.torch import load_file
 
 from longattn_cli.checkpoints import load_model
-from longattn_cli.cli import main
 from longattn_cli.config import load_recipe, parse_overrides
 from longattn_cli.finetune import run
 from longattn_cli.metrics import compute, macro_f1
@@ -219,10 +219,8 @@ def test_metrics_by_hand():
 
 
 def cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    return exc.value.code, capsys.readouterr().err
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize(

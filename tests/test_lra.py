@@ -4,21 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_cli as run
 
-from longattn_cli.cli import main
 from longattn_cli.errors import UserError
 from longattn_cli.lra import listops, text
 from longattn_cli.lra.report import read_run, report
 
 SMALL = listops.ListOpsSpec(train=40, validation=8, test=8, seed=3)
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -58,7 +50,9 @@ def test_generator_is_deterministic_and_follows_the_spec():
 
 
 def test_depth_and_arguments_stay_within_bounds():
-    spec = listops.ListOpsSpec(train=30, validation=0, test=0, min_length=20, max_length=400, max_depth=3, max_args=4, seed=1)
+    spec = listops.ListOpsSpec(
+        train=30, validation=0, test=0, min_length=20, max_length=400, max_depth=3, max_args=4, seed=1
+    )
     for _, r in listops.generate(spec):
         depth = deepest = 0
         args = [0]
@@ -92,7 +86,23 @@ def test_dataset_and_tokenizer_round_trip(tmp_path):
 
 
 def test_listops_cli_and_bad_values(tmp_path, capsys):
-    code, out, err = run(["data", "listops", "--out", str(tmp_path / "a"), "--train", "6", "--validation", "2", "--test", "2", "--seed", "5"], capsys)
+    code, out, err = run(
+        [
+            "data",
+            "listops",
+            "--out",
+            str(tmp_path / "a"),
+            "--train",
+            "6",
+            "--validation",
+            "2",
+            "--test",
+            "2",
+            "--seed",
+            "5",
+        ],
+        capsys,
+    )
     assert code == 0, err
     lines = (tmp_path / "a" / "train.jsonl").read_text().splitlines()
     assert len(lines) == 6 and {"text", "label", "length"} <= set(json.loads(lines[0]))
@@ -142,11 +152,24 @@ def test_report_puts_runs_next_to_published(tmp_path, capsys):
     for mech, acc in (("softmax", 0.365), ("nystrom", 0.371), ("yoso", 0.36)):
         d = tmp_path / f"listops-{mech}"
         d.mkdir()
-        (d / "summary.json").write_text(json.dumps({"task": "listops", "attention": mech, "test_metrics": {"accuracy": acc}, "train_time_s": 600, "peak_memory_mb": 812.5, "steps": 5000}))
+        (d / "summary.json").write_text(
+            json.dumps(
+                {
+                    "task": "listops",
+                    "attention": mech,
+                    "test_metrics": {"accuracy": acc},
+                    "train_time_s": 600,
+                    "peak_memory_mb": 812.5,
+                    "steps": 5000,
+                }
+            )
+        )
         runs.append(str(d))
     rows = report(runs)
     by = {r["attention"]: r for r in rows}
-    assert by["softmax"]["accuracy"] == pytest.approx(36.5) and by["softmax"]["published"] == pytest.approx(37.10)
+    assert by["softmax"]["accuracy"] == pytest.approx(36.5) and by["softmax"]["published"] == pytest.approx(
+        37.10
+    )
     assert by["nystrom"]["published"] == pytest.approx(37.15)
     out = capsys.readouterr().out
     assert "+0.00" not in out and "-0.60" in out and "Nyströmformer" in out
@@ -166,7 +189,10 @@ def lra_data(tmp_path_factory):
     texts = root / "text"
     texts.mkdir()
     for split, n in (("train", 24), ("validation", 8), ("test", 8)):
-        rows = [{"text": ("good movie " if i % 2 else "bad film ") * (3 + i % 5), "label": i % 2} for i in range(n)]
+        rows = [
+            {"text": ("good movie " if i % 2 else "bad film ") * (3 + i % 5), "label": i % 2}
+            for i in range(n)
+        ]
         (texts / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text.build_tokenizer().save_pretrained(texts / "tokenizer")
     return root

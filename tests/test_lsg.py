@@ -48,7 +48,13 @@ def ref_compressed(kind, q0, k, v, real, s, head):
                 w = torch.full((len(js),), 1 / len(js))
             else:  # weights: the first global query's softmax over the group's real keys
                 w = torch.softmax(torch.stack([q0 @ k[j] / math.sqrt(d) for j in js]), 0)
-            rows.append((sum(wi * k[j] for wi, j in zip(w, js, strict=True)), sum(wi * v[j] for wi, j in zip(w, js, strict=True)), True))
+            rows.append(
+                (
+                    sum(wi * k[j] for wi, j in zip(w, js, strict=True)),
+                    sum(wi * v[j] for wi, j in zip(w, js, strict=True)),
+                    True,
+                )
+            )
     elif kind == "stride":  # every f-th token, starting at head % f
         for j in range(length // f):
             t = j * f + head % f
@@ -65,7 +71,10 @@ def ref_compressed(kind, q0, k, v, real, s, head):
 
 def ref_lsg(q, k, v, mask, s):
     """q, k, v: (H, N, D) one right-padded row with the globals first; mask (N,) bool. Returns (H, N, D)."""
-    g, bs, sbs, f, kind = (s[x] for x in ("num_global_tokens", "block_size", "sparse_block_size", "sparsity_factor", "sparsity_type"))
+    g, bs, sbs, f, kind = (
+        s[x]
+        for x in ("num_global_tokens", "block_size", "sparse_block_size", "sparsity_factor", "sparsity_type")
+    )
     h, n, d = q.shape
     mask = mask.clone()
     if s.get("mask_first_token"):
@@ -100,7 +109,9 @@ def ref_lsg(q, k, v, mask, s):
 
 
 def settings(**kw):
-    base = dict(block_size=4, sparse_block_size=4, sparsity_factor=2, sparsity_type="norm", num_global_tokens=2)
+    base = dict(
+        block_size=4, sparse_block_size=4, sparsity_factor=2, sparsity_type="norm", num_global_tokens=2
+    )
     return make_settings("lsg", base | kw).to_dict()
 
 
@@ -144,13 +155,20 @@ def test_windows_covering_the_sequence_equal_softmax(kind):
     # sparsity_factor=1 makes the compressed tokens the tokens themselves; with sparse_block_size as long as
     # the input, every query sees every token exactly once (globals, local blocks, the rest as "sparse").
     g, n = 2, 45
-    att = build_attention("lsg", settings(sparsity_type=kind, sparsity_factor=1, sparse_block_size=64), 3, 8).eval()
+    att = build_attention(
+        "lsg", settings(sparsity_type=kind, sparsity_factor=1, sparse_block_size=64), 3, 8
+    ).eval()
     soft = build_attention("softmax", {}, 3, 8).eval()
     q, k, v = qkv(2, g + n)
     mask = torch.ones(2, g + n, dtype=torch.bool)
     mask[0, g + 30 :] = False
     with torch.no_grad():
-        assert_close(att(q, k, v, mask)[mask[:, None].expand(-1, 3, -1)], soft(q, k, v, mask)[mask[:, None].expand(-1, 3, -1)], rtol=1e-5, atol=1e-5)
+        assert_close(
+            att(q, k, v, mask)[mask[:, None].expand(-1, 3, -1)],
+            soft(q, k, v, mask)[mask[:, None].expand(-1, 3, -1)],
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_short_inputs_are_full_attention():
@@ -168,7 +186,10 @@ def test_padding_never_changes_real_tokens(kind):
     q, k, v = qkv(1, g + n)
     for where, before, after in [("right", 0, 14), ("left", 14, 0), ("both", 5, 9)]:
         junk = [torch.randn(1, 3, before + after, 8) * 50 for _ in range(3)]
-        padded = [torch.cat([x[:, :, :g], j[:, :, :before], x[:, :, g:], j[:, :, before:]], 2) for x, j in zip((q, k, v), junk, strict=True)]
+        padded = [
+            torch.cat([x[:, :, :g], j[:, :, :before], x[:, :, g:], j[:, :, before:]], 2)
+            for x, j in zip((q, k, v), junk, strict=True)
+        ]
         mask = torch.cat([torch.ones(g), torch.zeros(before), torch.ones(n), torch.zeros(after)]).bool()[None]
         torch.manual_seed(0)
         with torch.no_grad():
@@ -214,7 +235,10 @@ def test_adaptive_false_needs_block_multiples():
         (dict(block_size=6, sparsity_factor=4), "block_size=6 is not divisible by sparsity_factor=4"),
         (dict(sparsity_type="dense"), "sparsity_type='dense' is not one of norm, pooling, lsh"),
         (dict(num_global_tokens=0), "num_global_tokens=0 must be between 1 and 512"),
-        (dict(mask_first_token=True, pool_with_global=False), "mask_first_token=True needs pool_with_global=True"),
+        (
+            dict(mask_first_token=True, pool_with_global=False),
+            "mask_first_token=True needs pool_with_global=True",
+        ),
         (dict(block_size=8, sparse_block_size=3), "must divide block_size=8"),
     ],
 )
@@ -231,12 +255,17 @@ def test_bad_settings(values, pattern):
 # output onto the first token.
 # ---------------------------------------------------------------------------------------------------------
 
+
 def ref_lsg_model(ref, global_table, s, ids, attention_mask):
     r = ref.roberta
     pad = ref.config.pad_token_id
     g = s["num_global_tokens"]
     positions = torch.cumsum(attention_mask, 1) * attention_mask + pad
-    x = r.embeddings.word_embeddings(ids) + r.embeddings.position_embeddings(positions) + r.embeddings.token_type_embeddings(torch.zeros_like(ids))
+    x = (
+        r.embeddings.word_embeddings(ids)
+        + r.embeddings.position_embeddings(positions)
+        + r.embeddings.token_type_embeddings(torch.zeros_like(ids))
+    )
     x = torch.cat([global_table[:g].expand(ids.shape[0], -1, -1), x], 1)
     x = r.embeddings.LayerNorm(x)
     mask = torch.cat([torch.ones(ids.shape[0], g), attention_mask], 1).bool()
@@ -245,7 +274,11 @@ def ref_lsg_model(ref, global_table, s, ids, attention_mask):
         sa = layer.attention.self
         b, n, c = x.shape
         q, k, v = (t(x).view(b, n, heads, c // heads).transpose(1, 2) for t in (sa.query, sa.key, sa.value))
-        a = torch.stack([ref_lsg(q[i], k[i], v[i], mask[i], s) for i in range(b)]).transpose(1, 2).reshape(b, n, c)
+        a = (
+            torch.stack([ref_lsg(q[i], k[i], v[i], mask[i], s) for i in range(b)])
+            .transpose(1, 2)
+            .reshape(b, n, c)
+        )
         x = layer.attention.output(a, x)
         x = layer.output(layer.intermediate(x), x)
     if s["pool_with_global"]:
@@ -266,19 +299,36 @@ def ref_lsg_model(ref, global_table, s, ids, attention_mask):
 def test_published_lsg_checkpoint_matches_reference(lsg, tmp_path, bpe_dir):
     from transformers import AutoTokenizer
 
-    lsg = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, num_global_tokens=2, adaptive=True, mask_first_token=False, pool_with_global=True) | lsg
+    lsg = (
+        dict(
+            block_size=8,
+            sparse_block_size=8,
+            sparsity_factor=2,
+            num_global_tokens=2,
+            adaptive=True,
+            mask_first_token=False,
+            pool_with_global=True,
+        )
+        | lsg
+    )
     ref, table = tiny_lsg_checkpoint(tmp_path, bpe_dir, **lsg)
     ours = load_model(str(tmp_path))
     assert ours.config.attention == "lsg"
     assert ours.config.attention_settings["sparsity_type"] == lsg["sparsity_type"]
     assert ours.longattn.embeddings.global_embeddings.weight.shape[0] == lsg["num_global_tokens"]
     tok = AutoTokenizer.from_pretrained(bpe_dir)
-    texts = ["Attribute references are resolved by looking the name up in the class dictionary of the object, " * 2, "A short one."]
+    texts = [
+        "Attribute references are resolved by looking the name up in the class dictionary of the object, "
+        * 2,
+        "A short one.",
+    ]
     enc = tok(texts, padding=True, return_tensors="pt")
     assert enc["input_ids"].shape[1] > 2 * lsg["block_size"] + 8
     with torch.no_grad():
         mine = ours(**enc).logits
-        want = ref_lsg_model(ref, table, make_settings("lsg", lsg).to_dict(), enc["input_ids"], enc["attention_mask"])
+        want = ref_lsg_model(
+            ref, table, make_settings("lsg", lsg).to_dict(), enc["input_ids"], enc["attention_mask"]
+        )
     m = enc["attention_mask"].bool()
     assert_close(mine[m], want[m], rtol=1e-4, atol=1e-4)
 
@@ -304,8 +354,13 @@ def test_lsg_model_left_and_right_padding(kind):
 
     torch.manual_seed(0)
     cfg = LongAttnConfig(
-        vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
-        max_position_embeddings=80, attention="lsg",
+        vocab_size=90,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=80,
+        attention="lsg",
         attention_settings=settings(sparsity_type=kind, mask_first_token=True, num_global_tokens=2),
     )
     model = LongAttnForMaskedLM(cfg).eval()

@@ -10,7 +10,14 @@ from longattn_cli.modeling import (
     LongAttnForTokenClassification,
 )
 
-TINY = dict(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40, max_position_embeddings=64)
+TINY = dict(
+    vocab_size=90,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    max_position_embeddings=64,
+)
 
 
 def test_left_and_right_padding_leave_real_tokens_unchanged():
@@ -20,8 +27,12 @@ def test_left_and_right_padding_leave_real_tokens_unchanged():
     pad = torch.full((1, 6), 1)
     with torch.no_grad():
         alone = model(ids).logits
-        right = model(torch.cat([ids, pad], 1), attention_mask=torch.cat([torch.ones(1, 11), torch.zeros(1, 6)], 1)).logits
-        left = model(torch.cat([pad, ids], 1), attention_mask=torch.cat([torch.zeros(1, 6), torch.ones(1, 11)], 1)).logits
+        right = model(
+            torch.cat([ids, pad], 1), attention_mask=torch.cat([torch.ones(1, 11), torch.zeros(1, 6)], 1)
+        ).logits
+        left = model(
+            torch.cat([pad, ids], 1), attention_mask=torch.cat([torch.zeros(1, 6), torch.ones(1, 11)], 1)
+        ).logits
     assert_close(right[:, :11], alone, rtol=1e-5, atol=1e-5)
     assert_close(left[:, 6:], alone, rtol=1e-5, atol=1e-5)
 
@@ -38,7 +49,9 @@ def test_heads_losses_and_labels():
     reg = LongAttnForSequenceClassification(LongAttnConfig(**TINY, num_labels=1))
     out = reg(ids, labels=torch.tensor([0.5, 1.0, -1.0]))
     assert reg.config.problem_type == "regression"
-    assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, 1.0, -1.0])))
+    assert_close(
+        out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, 1.0, -1.0]))
+    )
     multi = LongAttnForSequenceClassification(LongAttnConfig(**TINY, num_labels=3))
     target = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1]])
     out = multi(ids, labels=target)
@@ -73,5 +86,5 @@ def test_gradient_checkpointing_gives_same_gradients():
     ids = torch.randint(5, 90, (2, 10))
     a(ids, labels=ids).loss.backward()
     b(ids, labels=ids).loss.backward()
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 import torch
+from helpers import run_cli as cli
 from safetensors.torch import load_file
 
-from longattn_cli.cli import main
 from longattn_cli.config import load_recipe
 from longattn_cli.fill_mask import predict
 from longattn_cli.pretrain import run
@@ -44,14 +44,6 @@ def cache(tmp_path_factory):
 
 def args(out, corpus, cache, *extra):
     return [*TINY, f"data.source={corpus}", f"data.cache_dir={cache}", f"training.output_dir={out}", *extra]
-
-
-def cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def weights(directory):

@@ -53,8 +53,13 @@ def test_recipe_builds(path):
         from longattn_cli.pretrain import fresh_config
 
         config = fresh_config(
-            None, recipe.data.max_length, recipe.model.attention, recipe.model.attention_settings,
-            vocab_size=300, num_labels=10, **recipe.model.scratch,
+            None,
+            recipe.data.max_length,
+            recipe.model.attention,
+            recipe.model.attention_settings,
+            vocab_size=300,
+            num_labels=10,
+            **recipe.model.scratch,
         )
         assert config.max_sequence_length == recipe.data.max_length
         with torch.device("meta"):

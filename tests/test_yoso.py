@@ -85,7 +85,14 @@ def test_defaults_are_transformers_yoso_config():
     from transformers import YosoConfig
 
     ref, ours = YosoConfig(), YosoSettings()
-    for name in ("hash_code_len", "num_hash", "use_expectation", "use_fast_hash", "lsh_backward", "conv_window"):
+    for name in (
+        "hash_code_len",
+        "num_hash",
+        "use_expectation",
+        "use_fast_hash",
+        "lsh_backward",
+        "conv_window",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
 
 
@@ -95,7 +102,9 @@ def test_defaults_are_transformers_yoso_config():
 def test_expectation_equals_formula_over_real_keys():
     q, k, v = qkv()
     mask = padding_mask(2, 40, [40, 27])
-    assert_close(yoso(hash_code_len=5)(q, k, v, mask), expectation_formula(q, k, v, mask, 5), rtol=1e-5, atol=1e-6)
+    assert_close(
+        yoso(hash_code_len=5)(q, k, v, mask), expectation_formula(q, k, v, mask, 5), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_no_nan_when_query_equals_key():
@@ -160,11 +169,19 @@ def test_lsh_output_approaches_expectation_as_hashes_grow(fast):
     mask = padding_mask(2, 50, [50, 31])
     exact = yoso(hash_code_len=4)(q, k, v, mask)
     errors = [
-        relative_error(yoso(hash_code_len=4, use_expectation=False, num_hash=nh, use_fast_hash=fast, seed=7)(q, k, v, mask), exact, mask)
+        relative_error(
+            yoso(hash_code_len=4, use_expectation=False, num_hash=nh, use_fast_hash=fast, seed=7)(
+                q, k, v, mask
+            ),
+            exact,
+            mask,
+        )
         for nh in (4, 32, 256, 1024)
     ]
     assert errors == sorted(errors, reverse=True), errors
-    assert errors[-1] < (0.15 if fast else 0.1), errors  # the fast hash's bits are not independent: a little bias
+    assert errors[-1] < (0.15 if fast else 0.1), (
+        errors
+    )  # the fast hash's bits are not independent: a little bias
 
 
 def test_lsh_backward_agrees_with_expectation_gradients():
@@ -202,7 +219,9 @@ def test_cumulations_equal_explicit_collision_sums(n, tau, budget, monkeypatch):
     wq, wk, x = (torch.randn(2, 3, n, 4, generator=g) for _ in range(3))
     collisions = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).float().mean(-1)  # (B, H, N, N)
     assert_close(cumulate(codes_q, codes_k, x, 2**tau), collisions @ x)
-    assert_close(weighted_cumulate(codes_q, wq, codes_k, wk, x, 2**tau), (collisions * (wq @ wk.transpose(-1, -2))) @ x)
+    assert_close(
+        weighted_cumulate(codes_q, wq, codes_k, wk, x, 2**tau), (collisions * (wq @ wk.transpose(-1, -2))) @ x
+    )
 
 
 def test_lsh_without_lsh_backward_uses_expectation_gradients():
@@ -224,7 +243,9 @@ def test_hash_codes_bits_are_projection_signs():
     for x, codes in ((q, cq), (k, ck)):
         bits = (x @ r > 0).view(2, 3, 40, 6, 5).long()
         assert torch.equal(codes, (bits * 2 ** torch.arange(5)).sum(-1))
-    assert not torch.equal(cq, ck)  # queries are hashed as queries (transformers' non-fast path returns key codes twice)
+    assert not torch.equal(
+        cq, ck
+    )  # queries are hashed as queries (transformers' non-fast path returns key codes twice)
 
 
 def test_fast_hash_is_hadamard_rotation():
@@ -263,7 +284,9 @@ def test_padding_leaves_real_tokens_unchanged(settings):
 def test_no_n_by_n_allocation_in_lsh_forward_and_backward():
     n = 4096
     q, k, v = [x.requires_grad_(True) for x in qkv(b=1, h=1, n=n, d=8)]
-    att = build_attention("yoso", {"use_expectation": False, "num_hash": 2, "hash_code_len": 6, "seed": 0}, 1, 8)
+    att = build_attention(
+        "yoso", {"use_expectation": False, "num_hash": 2, "hash_code_len": 6, "seed": 0}, 1, 8
+    )
     with torch.profiler.profile(profile_memory=True) as prof:
         att(q, k, v, None).sum().backward()
     largest = max(e.cpu_memory_usage for e in prof.events())
@@ -328,7 +351,9 @@ def test_expectation_mode_gradients_match_transformers(tmp_path):
 
 
 def test_training_step_in_lsh_mode(yoso_dir):
-    model = load_model(str(yoso_dir), attention_settings={"use_expectation": False, "num_hash": 8, "hash_code_len": 4})
+    model = load_model(
+        str(yoso_dir), attention_settings={"use_expectation": False, "num_hash": 8, "hash_code_len": 4}
+    )
     model.train()
     ids = torch.randint(5, 500, (2, 20), generator=torch.Generator().manual_seed(5))
     mask = torch.ones(2, 20, dtype=torch.long)
@@ -345,8 +370,14 @@ def test_padding_changes_transformers_outputs_but_not_ours(tmp_path):
     padded = torch.cat([ids, torch.full((1, 6), 1)], dim=1)
     mask = torch.cat([torch.ones(1, 20), torch.zeros(1, 6)], dim=1).long()
     with torch.no_grad():
-        theirs_alone, theirs_padded = ref(input_ids=ids).logits, ref(input_ids=padded, attention_mask=mask).logits
-        mine_alone, mine_padded = ours(input_ids=ids).logits, ours(input_ids=padded, attention_mask=mask).logits
+        theirs_alone, theirs_padded = (
+            ref(input_ids=ids).logits,
+            ref(input_ids=padded, attention_mask=mask).logits,
+        )
+        mine_alone, mine_padded = (
+            ours(input_ids=ids).logits,
+            ours(input_ids=padded, attention_mask=mask).logits,
+        )
     assert (theirs_padded[:, :20] - theirs_alone).abs().max() > 1e-3  # the reference ignores the mask
     assert_close(mine_padded[:, :20], mine_alone, rtol=0, atol=1e-6)
 

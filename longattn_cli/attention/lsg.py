@@ -68,7 +68,9 @@ class LSGSettings(AttentionSettings):
         if self.sparsity_type is None:  # published configs write null for "no sparse tokens"
             self.sparsity_type = "none"
         if self.sparsity_type not in SPARSITY_TYPES:
-            raise ValueError(f"sparsity_type={self.sparsity_type!r} is not one of {', '.join(SPARSITY_TYPES)}")
+            raise ValueError(
+                f"sparsity_type={self.sparsity_type!r} is not one of {', '.join(SPARSITY_TYPES)}"
+            )
         for name in ("block_size", "sparsity_factor"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
@@ -83,9 +85,15 @@ class LSGSettings(AttentionSettings):
         if self.lsh_num_pre_rounds < 0:
             raise ValueError(f"lsh_num_pre_rounds={self.lsh_num_pre_rounds} must be >= 0")
         if self.mask_first_token and not self.pool_with_global:
-            raise ValueError("mask_first_token=True needs pool_with_global=True (the first token's output comes from the global token)")
+            raise ValueError(
+                "mask_first_token=True needs pool_with_global=True (the first token's output comes from the global token)"
+            )
         chunk = min(self.block_size, self.sparse_block_size)
-        if self.sparsity_type in ("norm", "lsh") and chunk and (self.block_size % chunk or chunk % self.sparsity_factor):
+        if (
+            self.sparsity_type in ("norm", "lsh")
+            and chunk
+            and (self.block_size % chunk or chunk % self.sparsity_factor)
+        ):
             raise ValueError(
                 f"sparsity_type={self.sparsity_type!r} compresses chunks of min(block_size, sparse_block_size)={chunk} "
                 f"tokens, which must divide block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}"
@@ -163,7 +171,9 @@ class LSGAttention(Attention):
         sk, sv, sm = (), (), ()
         if s.uses_sparse:
             real = slice(bs, bs + blocks * bs)
-            ks, vs, ms = self._compress(qg, kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0])  # (B, H, L/f, D)
+            ks, vs, ms = self._compress(
+                qg, kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0]
+            )  # (B, H, L/f, D)
             sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
         keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
         values = self._per_block(vp, vg, sv)
@@ -173,7 +183,9 @@ class LSGAttention(Attention):
         # the math path, 3-4x slower on CPU).
         k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
         m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
-        out = F.scaled_dot_product_attention(q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p)
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p
+        )
         return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
 
     def _per_block(self, xp, xg, sparse):

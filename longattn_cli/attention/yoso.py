@@ -65,7 +65,9 @@ class YosoSettings(AttentionSettings):
 
     def __post_init__(self):
         if not _is_int(self.hash_code_len) or not 1 <= self.hash_code_len <= MAX_HASH_CODE_LEN:
-            raise ValueError(f"hash_code_len={self.hash_code_len!r} must be an integer from 1 to {MAX_HASH_CODE_LEN}")
+            raise ValueError(
+                f"hash_code_len={self.hash_code_len!r} must be an integer from 1 to {MAX_HASH_CODE_LEN}"
+            )
         if not _is_int(self.num_hash) or self.num_hash < 1:
             raise ValueError(f"num_hash={self.num_hash!r} must be an integer of at least 1")
         for name in ("use_expectation", "use_fast_hash", "lsh_backward"):
@@ -93,7 +95,9 @@ class YosoAttention(Attention):
         w = settings.conv_window
         if w is not None:
             # Same shape and key (``conv.weight``, (H, 1, w, 1)) as transformers' YosoSelfAttention.conv.
-            self.conv = nn.Conv2d(num_heads, num_heads, (w, 1), padding=(w // 2, 0), bias=False, groups=num_heads)
+            self.conv = nn.Conv2d(
+                num_heads, num_heads, (w, 1), padding=(w // 2, 0), bias=False, groups=num_heads
+            )
 
     @classmethod
     def benchmark_variants(cls):
@@ -101,7 +105,12 @@ class YosoAttention(Attention):
             "yoso-e": {"use_expectation": True},
             "yoso-lsh": {"use_expectation": False, "lsh_backward": True, "num_hash": 32, "hash_code_len": 8},
             # LSH forward with the expectation-formula backward: O(n²) backward, but no d² factor.
-            "yoso-lsh-ebwd": {"use_expectation": False, "lsh_backward": False, "num_hash": 32, "hash_code_len": 8},
+            "yoso-lsh-ebwd": {
+                "use_expectation": False,
+                "lsh_backward": False,
+                "num_hash": 32,
+                "hash_code_len": 8,
+            },
         }
 
     def forward(self, q, k, v, mask):
@@ -224,7 +233,9 @@ def projection(settings: YosoSettings, b: int, h: int, d: int, device, generator
     parts = -(-nh // per_part)
     signs = torch.randint(0, 2, (3, b, h, parts, dp, 1), generator=generator, device=device).float() * 2 - 1
     hadamard = _hadamard(torch.eye(dp, device=device))
-    m = (signs[0] * hadamard) @ (signs[1] * hadamard) @ (signs[2] * hadamard)  # D₁H D₂H D₃H, (B, H, parts, d', d')
+    m = (
+        (signs[0] * hadamard) @ (signs[1] * hadamard) @ (signs[2] * hadamard)
+    )  # D₁H D₂H D₃H, (B, H, parts, d', d')
     m = m[..., :d, : per_part * tau]  # zero padding of the input makes rows ≥ d irrelevant
     return m.permute(0, 1, 3, 2, 4).reshape(b, h, d, parts * per_part * tau)[..., : nh * tau]
 
@@ -267,7 +278,9 @@ def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Te
     return (codes[..., first:last] + bh + hashes).reshape(b * h * n, last - first)
 
 
-def _table_rows(key_rows: torch.Tensor, query_rows: torch.Tensor, dense: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _table_rows(
+    key_rows: torch.Tensor, query_rows: torch.Tensor, dense: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Table rows for keys and queries, and the table's length.
 
     With more buckets than tokens (2^τ > n) most buckets are empty: the occupied ones are renumbered so that
@@ -281,7 +294,9 @@ def _table_rows(key_rows: torch.Tensor, query_rows: torch.Tensor, dense: int) ->
     return key_rows, query_rows, len(occupied) + 1
 
 
-def _bucket_sums(rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int) -> torch.Tensor:
+def _bucket_sums(
+    rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int
+) -> torch.Tensor:
     """``table[r] = Σ_p weights[p] · values[p // (rows.numel() / len(values))]`` over entries p with rows[p] = r.
 
     ``rows`` is (M, k): k table rows per value row. Done as one sparse (num_rows × M) @ dense (M, E) product,
@@ -296,7 +311,9 @@ def _bucket_sums(rows: torch.Tensor, weights: torch.Tensor | None, values: torch
     return torch.sparse.mm(sparse, values)
 
 
-def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
+def cumulate(
+    codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor, capacity: int
+) -> torch.Tensor:
     """Mean over hashes of Σ_{j: code_j = code_i} values_j: (B, H, N, E) for every query i.
 
     One table of ``capacity`` buckets per hash (the sum of the values of the keys in each bucket), read at the
@@ -310,7 +327,9 @@ def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor,
     for first in range(0, nh, group):
         last = min(nh, first + group)
         key_rows, query_rows, num_rows = _table_rows(
-            _rows(codes_k, capacity, first, last), _rows(codes_q, capacity, first, last), (last - first) * b * h * capacity
+            _rows(codes_k, capacity, first, last),
+            _rows(codes_q, capacity, first, last),
+            (last - first) * b * h * capacity,
         )
         table = _bucket_sums(key_rows, None, flat, num_rows)
         out += F.embedding_bag(query_rows, table, mode="sum")
@@ -343,14 +362,18 @@ def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: in
     for first in range(0, nh, group):
         hashes = min(nh, first + group) - first
         key_rows, query_rows, buckets = _table_rows(
-            _rows(codes_k, capacity, first, first + hashes), _rows(codes_q, capacity, first, first + hashes), hashes * bh * capacity
+            _rows(codes_k, capacity, first, first + hashes),
+            _rows(codes_q, capacity, first, first + hashes),
+            hashes * bh * capacity,
         )
         key_rows = key_rows[..., None] * w + sub  # (B·H·N, hashes, W): the W rows of each bucket
         key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w)
         table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, buckets * w)
         query_rows = query_rows[..., None] * w + sub
         query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
-        out += F.embedding_bag(query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights)
+        out += F.embedding_bag(
+            query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights
+        )
     return (out / nh).view(b, h, n, e)
 
 

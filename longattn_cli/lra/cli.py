@@ -25,7 +25,9 @@ def listops(out, train, validation, test, min_length, max_length, max_depth, max
         raise UserError(f"listops: {exc}") from None
     _refuse_nonempty(out)
     total = train + validation + test
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as bar:
         task = bar.add_task("generating ListOps trees", total=total)
         write(spec, out, progress=lambda: bar.advance(task))
     Console().print(f"ListOps: {train}/{validation}/{test} samples and the tokenizer written to {out}")

@@ -53,7 +53,9 @@ class ListOpsSpec:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0")
         if not 0 <= self.min_length < self.max_length - 1:
-            raise ValueError(f"min_length={self.min_length} must be ≥ 0 and below max_length - 1 = {self.max_length - 1}")
+            raise ValueError(
+                f"min_length={self.min_length} must be ≥ 0 and below max_length - 1 = {self.max_length - 1}"
+            )
         if self.max_depth < 1 or self.max_args < 2:
             raise ValueError(f"max_depth={self.max_depth} must be ≥ 1 and max_args={self.max_args} ≥ 2")
 
@@ -152,7 +154,9 @@ def build_tokenizer(max_length: int = 2_048):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A", pair="[CLS] $A [SEP] $B", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A",
+        pair="[CLS] $A [SEP] $B",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -17,7 +17,9 @@ def read_run(run: str | Path) -> dict[str, Any]:
     run = Path(run)
     path = run / "summary.json"
     if not path.is_file():
-        raise UserError(f"{run} has no summary.json; expected the output directory of a finished `longattn finetune` run")
+        raise UserError(
+            f"{run} has no summary.json; expected the output directory of a finished `longattn finetune` run"
+        )
     try:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

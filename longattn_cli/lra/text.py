@@ -39,7 +39,9 @@ def _from_files(root: Path):
     for split in ("train", "test"):
         found = [p for p in sorted(root.glob(f"{split}.*")) if p.suffix in _DATA_SUFFIXES]
         if not found:
-            raise UserError(f"no {split} file in {root}; expected {split}.jsonl/.json/.csv/.parquet or an aclImdb folder")
+            raise UserError(
+                f"no {split} file in {root}; expected {split}.jsonl/.json/.csv/.parquet or an aclImdb folder"
+            )
         files[split] = str(found[0])
     kinds = {_DATA_SUFFIXES[Path(f).suffix] for f in files.values()}
     if len(kinds) != 1:
@@ -59,7 +61,9 @@ def load(source: str | None = None):
         from longattn_cli.hub import _hub_reachable
 
         if not _hub_reachable():
-            raise UserError(f"the hub dataset {HUB_ID} is unreachable (offline?); pass --source with a local aclImdb folder or train/test files")
+            raise UserError(
+                f"the hub dataset {HUB_ID} is unreachable (offline?); pass --source with a local aclImdb folder or train/test files"
+            )
         data = datasets.load_dataset(HUB_ID)
     else:
         root = Path(source).expanduser()
@@ -83,15 +87,25 @@ def build_tokenizer(max_length: int = 4_000):
     vocab.update({ch: len(SPECIAL) + i for i, ch in enumerate(alphabet)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), pre_tokenizers.Split(Regex("."), "isolated")]
+        [
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            pre_tokenizers.Split(Regex("."), "isolated"),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A", pair="[CLS] $A [SEP] $B", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A",
+        pair="[CLS] $A [SEP] $B",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=max_length,
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
     )
 
 
