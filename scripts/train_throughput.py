@@ -33,7 +33,9 @@ SIZES = {
 # Settings of the efficient mechanisms as in their published 4,096-token models.
 SETTINGS = {
     "softmax": {},
-    "yoso": {"use_expectation": False, "hash_code_len": 9, "num_hash": 64},
+    # LSH forward; the weighted-LSH backward (lsh_backward) keeps a d×d table per bucket, which on a CPU
+    # costs more than the expectation backward below ~8k tokens (see README, Performance).
+    "yoso": {"use_expectation": False, "hash_code_len": 8, "num_hash": 32, "lsh_backward": False},
     "nystrom": {"num_landmarks": 64, "conv_kernel_size": 65},
     "lsg": {"block_size": 128, "sparse_block_size": 128, "sparsity_factor": 2, "num_global_tokens": 1},
 }
