@@ -19,20 +19,6 @@ from longattn_cli.testing import tiny_lsg_checkpoint, tiny_reference
 LSG = {"block_size": 16, "sparse_block_size": 16, "num_global_tokens": 3}
 
 
-@pytest.fixture(scope="module")
-def roberta_dir(tmp_path_factory, bpe_dir):
-    d = tmp_path_factory.mktemp("roberta")
-    tiny_reference("roberta", d, tokenizer_dir=bpe_dir)
-    return d
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory, wordpiece_dir):
-    d = tmp_path_factory.mktemp("bert")
-    tiny_reference("bert", d, tokenizer_dir=wordpiece_dir)
-    return d
-
-
 def test_roberta_to_lsg_follows_the_published_rules(roberta_dir, tmp_path):
     out, src, model, tok = convert(str(roberta_dir), 1000, tmp_path / "long", attention_settings=LSG)
     cfg = json.loads((out / "config.json").read_text())

@@ -7,21 +7,6 @@ from helpers import run_cli as run
 from transformers import pipeline
 
 from longattn_cli.fill_mask import predict
-from longattn_cli.testing import tiny_reference
-
-
-@pytest.fixture(scope="module")
-def roberta_dir(tmp_path_factory, bpe_dir):
-    d = tmp_path_factory.mktemp("roberta")
-    tiny_reference("roberta", d, tokenizer_dir=bpe_dir)
-    return d
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory, wordpiece_dir):
-    d = tmp_path_factory.mktemp("bert")
-    tiny_reference("bert", d, tokenizer_dir=wordpiece_dir)
-    return d
 
 
 def assert_same(ours, theirs):

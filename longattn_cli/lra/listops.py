@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from longattn_cli.lra.vocab import SPECIAL
+
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 DIGITS = tuple(str(d) for d in range(10))
-SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
 VOCAB = SPECIAL + DIGITS + OPERATORS + (END,)
 OPERATOR_P = 0.25
 
@@ -147,26 +149,14 @@ def build_dataset(spec: ListOpsSpec, progress=None):
 
 def build_tokenizer(max_length: int = 2_048):
     """The task's word-level vocabulary as a transformers fast tokenizer (``[CLS]`` prepended)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from longattn_cli.lra.vocab import finish
 
     vocab = {t: i for i, t in enumerate(VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A",
-        pair="[CLS] $A [SEP] $B",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_length,
-    )
+    return finish(tok, vocab, max_length)
 
 
 def write(spec: ListOpsSpec, out: str | Path, progress=None) -> Path:

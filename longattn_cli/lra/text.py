@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from longattn_cli.errors import UserError
+from longattn_cli.lra.vocab import SPECIAL
 
 HUB_ID = "stanfordnlp/imdb"
-SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
 _DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -79,8 +80,9 @@ def load(source: str | None = None):
 
 def build_tokenizer(max_length: int = 4_000):
     """A byte-level tokenizer: one token per UTF-8 byte (256 symbols) plus specials, ``[CLS]`` prepended."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from longattn_cli.lra.vocab import finish
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {t: i for i, t in enumerate(SPECIAL)}
@@ -93,20 +95,7 @@ def build_tokenizer(max_length: int = 4_000):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A",
-        pair="[CLS] $A [SEP] $B",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_length,
-    )
+    return finish(tok, vocab, max_length)
 
 
 def write(out: str | Path, source: str | None = None) -> Path:
