@@ -44,6 +44,8 @@ class SoftmaxAttention(Attention):
 
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing padded: without a mask SDPA takes its fused kernel and allocates no bias
         bias = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N) bool, True = attend
         if self.settings.implementation == "sdpa":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
