@@ -141,9 +141,9 @@ def _load_file(path: Path, data, what: str):
 def _load_hub(name: str, split: str, data, what: str):
     import datasets
 
-    from longattn_cli.hub import _hub_reachable
+    from longattn_cli.hub import hub_reachable
 
-    reachable = _hub_reachable()
+    reachable = hub_reachable()
     try:
         if reachable:
             return datasets.load_dataset(name, data.config, split=split, streaming=data.streaming)

@@ -18,7 +18,8 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be asked at all: not in offline mode, and its host resolves."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -54,7 +55,7 @@ def resolve(source: str) -> Path:
         return Path(snapshot_download(source, allow_patterns=_ALLOW, local_files_only=True))
     except Exception:  # not cached: fall through to the network
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise UserError(
             f"{source!r} is not a local directory, and as a hub id it is not cached and the Hugging Face hub "
             "is unreachable (offline?); pass a local checkpoint directory"

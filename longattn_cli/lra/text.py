@@ -59,9 +59,9 @@ def load(source: str | None = None):
     import datasets
 
     if source is None:
-        from longattn_cli.hub import _hub_reachable
+        from longattn_cli.hub import hub_reachable
 
-        if not _hub_reachable():
+        if not hub_reachable():
             raise UserError(
                 f"the hub dataset {HUB_ID} is unreachable (offline?); pass --source with a local aclImdb folder or train/test files"
             )
