@@ -36,17 +36,23 @@ LAUNCH = [
 ]
 
 
+# A tiny model on short blocks: the same for the two-process runs and the one-process check.
+TINY = [
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.intermediate_size=48",
+    "model.vocab_size=400",
+    "model.dropout=0.1",
+    "data.max_length=64",
+    "training.batch_size=2",
+]
+
+
 def launch(out, corpus, cache, *extra):
     argv = [
         *LAUNCH,
-        "model.hidden_size=32",
-        "model.num_hidden_layers=2",
-        "model.num_attention_heads=4",
-        "model.intermediate_size=48",
-        "model.vocab_size=400",
-        "model.dropout=0.1",
-        "data.max_length=64",
-        "training.batch_size=2",
+        *TINY,
         f"data.source={corpus}",
         f"data.cache_dir={cache}",
         f"training.output_dir={out}",
@@ -100,14 +106,7 @@ def test_resuming_with_another_number_of_processes_fails_fast(tmp_path):
         main(
             [
                 "pretrain",
-                "model.hidden_size=32",
-                "model.num_hidden_layers=2",
-                "model.num_attention_heads=4",
-                "model.intermediate_size=48",
-                "model.vocab_size=400",
-                "model.dropout=0.1",
-                "data.max_length=64",
-                "training.batch_size=2",
+                *TINY,
                 f"data.source={corpus}",
                 f"data.cache_dir={tmp_path / 'cache'}",
                 f"training.output_dir={out}",
