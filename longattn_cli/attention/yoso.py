@@ -301,7 +301,7 @@ def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor,
     nh = codes_k.shape[-1]
     flat = values.reshape(b * h * n, e)
     out = values.new_zeros(b * h * n, e)
-    group = max(1, _BUDGET // (b * h * capacity * e))
+    group = max(1, _BUDGET // (b * h * min(capacity, n) * e))  # tables hold at most n occupied buckets
     for first in range(0, nh, group):
         last = min(nh, first + group)
         key_rows, query_rows, num_rows = _table_rows(
