@@ -252,14 +252,11 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
         gen = torch.Generator(device=q.device).manual_seed(settings.seed)
     r = projection(settings, b, h, d, q.device, gen).to(q.dtype)
     tau, nh = settings.hash_code_len, settings.num_hash
-    # Bit t of hash f is worth 2^t: a block-diagonal (num_hash·τ, num_hash) matrix turns bits into codes in
-    # one matmul (exact in fp32 for τ ≤ 16), much faster than a reduction over a last dimension of size τ.
-    bit = torch.arange(nh * tau, device=q.device)
-    weights = torch.zeros(nh * tau, nh, device=q.device, dtype=q.dtype)
-    weights[bit, bit // tau] = (2.0 ** (bit % tau)).to(q.dtype)
+    powers = 2.0 ** torch.arange(tau, device=q.device, dtype=q.dtype)  # bit t is worth 2^t (exact for τ ≤ 16)
 
     def code(x):
-        return ((x @ r).gt_(0) @ weights).long()  # (B, H, N, num_hash); gt_ keeps the bits in float
+        bits = (x @ r).gt_(0).view(*x.shape[:-1], nh, tau)  # (B, H, N, num_hash, τ); gt_ keeps floats
+        return (bits @ powers).long()  # (B, H, N, num_hash)
 
     return code(q), code(k)
 
@@ -294,21 +291,19 @@ def _table_rows(
     return key_rows, query_rows, len(occupied) + 1
 
 
-def _bucket_sums(
-    rows: torch.Tensor, weights: torch.Tensor | None, values: torch.Tensor, num_rows: int
-) -> torch.Tensor:
-    """``table[r] = Σ_p weights[p] · values[p // (rows.numel() / len(values))]`` over entries p with rows[p] = r.
+def _bucket_sums(rows: torch.Tensor, values: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``table[r] = Σ values[p // k]`` over the entries p of ``rows`` (M, k) equal to r: (num_rows, E).
 
-    ``rows`` is (M, k): k table rows per value row. Done as one sparse (num_rows × M) @ dense (M, E) product,
-    which runs far faster on CPU than ``index_add_`` or ``scatter_add_`` with the same result.
+    One sparse (num_rows × M) @ dense (M, E) product, which runs several times faster on CPU than
+    ``index_add_`` or ``scatter_add_`` with the same result.
     """
     m, per = rows.shape
     cols = torch.arange(m, device=rows.device).repeat_interleave(per)
-    if weights is None:
-        weights = values.new_ones(m * per)
     indices = torch.stack((rows.reshape(-1), cols))
-    sparse = torch.sparse_coo_tensor(indices, weights.reshape(-1), (num_rows, m), check_invariants=False)
-    return torch.sparse.mm(sparse, values)
+    ones = values.new_ones(m * per)
+    return torch.sparse.mm(
+        torch.sparse_coo_tensor(indices, ones, (num_rows, m), check_invariants=False), values
+    )
 
 
 def cumulate(
@@ -323,7 +318,7 @@ def cumulate(
     nh = codes_k.shape[-1]
     flat = values.reshape(b * h * n, e)
     out = values.new_zeros(b * h * n, e)
-    group = max(1, _BUDGET // (b * h * capacity * e))
+    group = max(1, _BUDGET // (b * h * min(capacity, n) * e))  # tables hold at most n occupied buckets
     for first in range(0, nh, group):
         last = min(nh, first + group)
         key_rows, query_rows, num_rows = _table_rows(
@@ -331,7 +326,7 @@ def cumulate(
             _rows(codes_q, capacity, first, last),
             (last - first) * b * h * capacity,
         )
-        table = _bucket_sums(key_rows, None, flat, num_rows)
+        table = _bucket_sums(key_rows, flat, num_rows)
         out += F.embedding_bag(query_rows, table, mode="sum")
     return (out / nh).view(b, h, n, e)
 
@@ -359,21 +354,29 @@ def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: in
     group = max(1, _BUDGET // (bh * min(capacity, n) * w * max(e, n // capacity)))
     sub = torch.arange(w, device=values.device)
     flat = values.reshape(bh * n, e)
+    fixed = {}  # per group size: what does not change from one group of hashes to the next
     for first in range(0, nh, group):
         hashes = min(nh, first + group) - first
+        if hashes not in fixed:
+            indices = torch.empty(2, bh * n * hashes * w, dtype=torch.long, device=values.device)
+            indices[1] = torch.arange(bh * n, device=values.device).repeat_interleave(
+                hashes * w
+            )  # source rows
+            key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(-1)
+            query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
+            fixed[hashes] = indices, key_weights, query_weights
+        indices, key_weights, query_weights = fixed[hashes]
         key_rows, query_rows, buckets = _table_rows(
             _rows(codes_k, capacity, first, first + hashes),
             _rows(codes_q, capacity, first, first + hashes),
             hashes * bh * capacity,
         )
-        key_rows = key_rows[..., None] * w + sub  # (B·H·N, hashes, W): the W rows of each bucket
-        key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w)
-        table = _bucket_sums(key_rows.view(bh * n, -1), key_weights, flat, buckets * w)
-        query_rows = query_rows[..., None] * w + sub
-        query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
-        out += F.embedding_bag(
-            query_rows.view(bh * n, -1), table, mode="sum", per_sample_weights=query_weights
-        )
+        # Bucket r's W rows are r·W + a; key j adds weight_k[j, a] · values[j] to row a of its bucket.
+        torch.add(key_rows[..., None] * w, sub, out=indices[0].view(bh * n, hashes, w))
+        sparse = torch.sparse_coo_tensor(indices, key_weights, (buckets * w, bh * n), check_invariants=False)
+        table = torch.sparse.mm(sparse, flat)  # (buckets · W, E)
+        query_rows = (query_rows[..., None] * w + sub).view(bh * n, -1)
+        out += F.embedding_bag(query_rows, table, mode="sum", per_sample_weights=query_weights)
     return (out / nh).view(b, h, n, e)
 
 
