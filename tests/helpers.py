@@ -12,3 +12,15 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         raise SystemExit(0)
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
+
+
+# A tiny from-scratch pretraining run on short blocks (model shape, block length, batch), as overrides.
+TINY_PRETRAIN = [
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.intermediate_size=48",
+    "model.vocab_size=400",
+    "data.max_length=64",
+    "training.batch_size=2",
+]

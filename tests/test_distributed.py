@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_PRETRAIN
 from safetensors.torch import load_file
 
 from longattn_cli.testing import python_docs_text
@@ -37,16 +38,7 @@ LAUNCH = [
 
 
 # A tiny model on short blocks: the same for the two-process runs and the one-process check.
-TINY = [
-    "model.hidden_size=32",
-    "model.num_hidden_layers=2",
-    "model.num_attention_heads=4",
-    "model.intermediate_size=48",
-    "model.vocab_size=400",
-    "model.dropout=0.1",
-    "data.max_length=64",
-    "training.batch_size=2",
-]
+TINY = [*TINY_PRETRAIN, "model.dropout=0.1"]
 
 
 def launch(out, corpus, cache, *extra):

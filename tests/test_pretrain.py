@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from helpers import TINY_PRETRAIN
 from helpers import run_cli as cli
 from safetensors.torch import load_file
 
@@ -15,17 +16,7 @@ from longattn_cli.fill_mask import predict
 from longattn_cli.pretrain import run
 from longattn_cli.testing import python_docs_text, tiny_reference
 
-TINY = [
-    "model.hidden_size=32",
-    "model.num_hidden_layers=2",
-    "model.num_attention_heads=4",
-    "model.intermediate_size=48",
-    "model.vocab_size=400",
-    "data.max_length=64",
-    "training.batch_size=2",
-    "training.warmup_steps=2",
-    "training.log_every=1",
-]
+TINY = [*TINY_PRETRAIN, "training.warmup_steps=2", "training.log_every=1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
