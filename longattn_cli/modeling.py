@@ -290,10 +290,9 @@ def pool_with_global(x: torch.Tensor, mask: torch.Tensor, g: int) -> torch.Tenso
     """
     first = g + mask[:, g:].int().argmax(dim=1)  # first real token of each row (left padding included)
     rows = torch.arange(x.shape[0], device=x.device)
-    pooled = x[:, 0].clone()
-    x = x.clone()
-    x[rows, first] = pooled
-    return x
+    out = x.clone()
+    out[rows, first] = x[:, 0]  # read from x, written to the copy: no second clone needed
+    return out
 
 
 class LongAttnLMHead(nn.Module):
