@@ -46,7 +46,7 @@ def ref_compressed(kind, q0, k, v, real, s, head):
                 continue
             if kind == "pooling":
                 w = torch.full((len(js),), 1 / len(js))
-            else:  # weights: the first global query's softmax over the group's real keys
+            else:  # weights: the BOS query's softmax over the group's real keys (first token after the globals)
                 w = torch.softmax(torch.stack([q0 @ k[j] / math.sqrt(d) for j in js]), 0)
             rows.append(
                 (
@@ -91,7 +91,7 @@ def ref_lsg(q, k, v, mask, s):
     blocks = torch.arange(lp) // bs
     for hd in range(h):
         if kind != "none" and sbs > 0:
-            ck, cv, creal = ref_compressed(kind, q[hd, 0], k[hd, g:], v[hd, g:], mask[g:], s, hd)
+            ck, cv, creal = ref_compressed(kind, q[hd, g], k[hd, g:], v[hd, g:], mask[g:], s, hd)
         else:
             ck, cv, creal = torch.zeros(0, d), torch.zeros(0, d), torch.zeros(0, dtype=torch.bool)
         keys, values, real = torch.cat([k[hd], ck]), torch.cat([v[hd], cv]), torch.cat([mask, creal])

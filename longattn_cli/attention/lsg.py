@@ -8,8 +8,8 @@ queries; each block attends to (paper fig. 1)
 * its local window: the previous, its own and the next block (``3 * block_size`` keys),
 * ``sparse_block_size`` compressed tokens on each side just outside that window. The compressed sequence has
   one token per ``sparsity_factor`` tokens, built by ``sparsity_type`` (paper sec. 3.2): ``norm`` keeps the
-  keys of largest norm in each chunk, ``pooling`` averages, ``bos_pooling`` averages weighted by the first
-  global token's attention, ``stride`` / ``block_stride`` keep every f-th token (a different offset per head),
+  keys of largest norm in each chunk, ``pooling`` averages, ``bos_pooling`` averages weighted by the attention of
+  the first real token's (BOS) query, ``stride`` / ``block_stride`` keep every f-th token (a different offset per head),
   ``lsh`` sums keys hashed into the same bucket, ``none`` uses no compressed tokens.
 
 Inputs of at most two blocks (plus the globals) use full attention. Cost and memory are linear in the length:
@@ -162,7 +162,7 @@ class LSGAttention(Attention):
                 "after the global ones); set adaptive=true or pad the input"
             )
         global_out = self._full(q[:, :, :g], k, v, mask)  # (B, H, G, D): global queries see everything
-        qg, kg, vg = q[:, :, :g], k[:, :, :g], v[:, :, :g]
+        kg, vg = k[:, :, :g], v[:, :, :g]
         blocks = (length + pad) // bs
         q = F.pad(q[:, :, g:], (0, 0, 0, pad))  # (B, H, L, D), L = nb·bs
         # Keys, values and mask with one masked zero block on each side (the neighbours of the end blocks).
@@ -171,8 +171,9 @@ class LSGAttention(Attention):
         sk, sv, sm = (), (), ()
         if s.uses_sparse:
             real = slice(bs, bs + blocks * bs)
+            # bos_pooling weighs with the query of the first real token (BOS/CLS): rows are right-aligned.
             ks, vs, ms = self._compress(
-                qg, kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0]
+                q[:, :, :1], kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0]
             )  # (B, H, L/f, D)
             sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
         keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
@@ -217,8 +218,11 @@ class LSGAttention(Attention):
         w = _windows(F.pad(x, (0, 0, sbs + step, sbs + step)), width, step)  # (B, H, nb, width, D)
         return w[..., :sbs, :], w[..., width - sbs :, :]
 
-    def _compress(self, qg, k, v, m):
-        """The compressed sequence: one token per ``sparsity_factor`` tokens (paper sec. 3.2)."""
+    def _compress(self, bos, k, v, m):
+        """The compressed sequence: one token per ``sparsity_factor`` tokens (paper sec. 3.2).
+
+        ``bos`` (B, H, 1, D) is the query of the first real token, which ``bos_pooling`` weighs with.
+        """
         s = self.settings
         f = s.sparsity_factor
         if f == 1:
@@ -233,8 +237,9 @@ class LSGAttention(Attention):
             ks, vs = ((x.view(b, h, n // f, f, d) * w).sum(3) / count.clamp(min=1) for x in (k, v))
             return ks, vs, (count[..., 0] > 0)
         if kind == "bos_pooling":
-            # Each group is averaged with the weights the first global query gives its keys (softmax within it).
-            scores = (qg[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(d)).view(b, h, n // f, f)
+            # Each group is averaged with the weights the BOS query gives its keys (softmax within the group),
+            # as the published code does (the query of the first token after the globals).
+            scores = (bos @ k.transpose(-1, -2) / math.sqrt(d)).view(b, h, n // f, f)
             mg = m.view(b, 1, n // f, f)
             w = scores.masked_fill(~mg, torch.finfo(scores.dtype).min).softmax(dim=-1)[..., None, :]
             ks, vs = ((w @ x.view(b, h, n // f, f, d)).squeeze(3) for x in (k, v))
