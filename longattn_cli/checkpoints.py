@@ -370,6 +370,25 @@ def import_config(directory: Path, attention: str | None = None, attention_setti
     return config
 
 
+def check_tokenizer(config, tokenizer, name: str | None) -> None:
+    """A :class:`UserError` unless every id of ``tokenizer`` has a row in the model's embeddings and the
+    padding ids agree."""
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(
+            f"tokenizer {name} does not match the model: it has {len(tokenizer):,} tokens, "
+            f"the model's vocabulary {config.vocab_size:,}"
+        )
+    if (
+        tokenizer.pad_token_id is not None
+        and config.pad_token_id is not None
+        and tokenizer.pad_token_id != config.pad_token_id
+    ):
+        raise UserError(
+            f"tokenizer {name} does not match the model: padding id {tokenizer.pad_token_id}, "
+            f"the model's {config.pad_token_id}"
+        )
+
+
 def load_model(
     source: str,
     head: str = "auto",

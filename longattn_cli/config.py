@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,10 +22,29 @@ import yaml
 from longattn_cli.errors import UserError
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true and false. PyYAML follows YAML 1.1, where yes, no, on and off
+    are booleans too, so ``mixed_precision: no`` would arrive as false."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_WORDS = {"yes": True, "on": True, "no": False, "off": False}  # accepted where a field is a boolean
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe YAML (see :class:`RecipeLoader`)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_value(text: str) -> Any:
     """A YAML scalar: ``8`` → 8, ``false`` → False, ``1e-4`` → 0.0001, ``null`` → None, else the string."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str) and _is_float(value):  # YAML 1.1 reads "1e-4" as a string
@@ -423,7 +443,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe {str(path)!r} does not exist")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(tree, dict):
@@ -496,6 +516,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is bool and isinstance(value, str) and value.lower() in _WORDS:
+        return _WORDS[value.lower()]
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a split or config name that happens to look like a number
     if hint in (int, float, str, bool) and (type(value) is not hint):

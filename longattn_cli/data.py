@@ -106,9 +106,18 @@ def _load_dir(path: Path, split: str, data, what: str):
     except UserError:
         raise
     except Exception as exc:
+        if _no_rows(exc):
+            raise UserError(
+                f"{what}: split {split!r} of directory {path} has no rows (a file with only a header?)"
+            ) from None
         raise UserError(
             f"{what}: cannot read split {split!r} of directory {path}: {_first_line(exc)}"
         ) from None
+
+
+def _no_rows(exc: BaseException) -> bool:
+    """datasets' way of saying a split's files produced no examples (e.g. a CSV with only a header)."""
+    return "corresponds to no data" in str(exc)
 
 
 def _load_file(path: Path, data, what: str):
@@ -132,10 +141,20 @@ def _load_file(path: Path, data, what: str):
             **kwargs,
         )
     except Exception as exc:  # pyarrow/json/csv parse errors come in many types
+        if _no_rows(exc):
+            raise UserError(f"{what}: file {path} has no rows{_header_only(path)}") from None
         raise UserError(f"{what}: cannot read {path} as {builder}: {_first_line(exc)}") from None
     if not data.streaming and len(ds) == 0:
-        raise UserError(f"{what}: file {path} holds no examples")
+        raise UserError(f"{what}: file {path} has no rows{_header_only(path)}")
     return ds
+
+
+def _header_only(path: Path) -> str:
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return ""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        header = f.readline().strip()
+    return f", only the header {header[:60]!r}" if header else ""
 
 
 def _load_hub(name: str, split: str, data, what: str):

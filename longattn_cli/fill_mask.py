@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from longattn_cli.checkpoints import load_model, load_tokenizer
+from longattn_cli.checkpoints import check_tokenizer, load_model, load_tokenizer
 from longattn_cli.devices import pick_device, pick_dtype
 from longattn_cli.errors import UserError
 
@@ -38,6 +38,7 @@ def predict(
     if mask is None:
         raise UserError(f"the tokenizer of {model} has no mask token; fill-mask needs a masked-LM tokenizer")
     net = load_model(model, head="masked-lm", attention=attention, attention_settings=attention_settings)
+    check_tokenizer(net.config, tokenizer, model)
     limit = net.config.max_sequence_length
     for i, text in enumerate(texts, 1):
         if mask not in text:

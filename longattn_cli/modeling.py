@@ -21,6 +21,7 @@ from transformers.modeling_outputs import (
 )
 
 from longattn_cli.attention import build_attention, make_settings
+from longattn_cli.errors import UserError
 
 
 class LongAttnConfig(PretrainedConfig):
@@ -261,6 +262,8 @@ class LongAttnModel(LongAttnPreTrainedModel):
             mask = torch.ones(shape, dtype=torch.bool, device=device)
         else:
             mask = attention_mask.to(device=device, dtype=torch.bool)
+        if position_ids is None:
+            self._check_length(mask)
         x = self.embeddings(input_ids, mask, token_type_ids, position_ids, inputs_embeds)
         g = self.embeddings.num_global_tokens
         if g:
@@ -278,6 +281,20 @@ class LongAttnModel(LongAttnPreTrainedModel):
             if hidden is not None:
                 hidden[-1] = x[:, g:]
         return BaseModelOutput(last_hidden_state=x[:, g:], hidden_states=tuple(hidden) if hidden else None)
+
+
+    def _check_length(self, mask: torch.Tensor) -> None:
+        """More real tokens than position rows is a clear error, not an IndexError in the embedding."""
+        limit = self.config.max_sequence_length
+        if mask.shape[1] <= limit:
+            return
+        longest = int(mask.sum(dim=1).max())  # positions count real tokens: padding beyond the limit is fine
+        if longest > limit:
+            raise UserError(
+                f"the input has {longest} tokens, more than the {limit} this model has positions for "
+                f"(max_position_embeddings={self.config.max_position_embeddings}); truncate it to {limit} "
+                "tokens, or convert the model to a longer one with `longattn convert`"
+            )
 
 
 def pool_with_global(x: torch.Tensor, mask: torch.Tensor, g: int) -> torch.Tensor:

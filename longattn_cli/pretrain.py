@@ -156,20 +156,9 @@ def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) ->
             f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
             "lower it, or convert the model to a longer one with `longattn convert`"
         )
-    if len(tokenizer) > config.vocab_size:
-        raise UserError(
-            f"tokenizer {tokenizer_name} does not match the model: it has {len(tokenizer):,} tokens, "
-            f"the model's vocabulary {config.vocab_size:,}"
-        )
-    if (
-        tokenizer.pad_token_id is not None
-        and config.pad_token_id is not None
-        and tokenizer.pad_token_id != config.pad_token_id
-    ):
-        raise UserError(
-            f"tokenizer {tokenizer_name} does not match the model: padding id {tokenizer.pad_token_id}, "
-            f"the model's {config.pad_token_id}"
-        )
+    from longattn_cli.checkpoints import check_tokenizer
+
+    check_tokenizer(config, tokenizer, tokenizer_name)
 
 
 def build(recipe, accelerator) -> Job:

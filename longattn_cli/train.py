@@ -198,7 +198,13 @@ class _Run:
         self.signature = trainstate.signature(
             to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], self.world
         )
-        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "best_metric": None, "best_step": None}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "tokens": 0,
+            "best_metric": None,
+            "best_step": None,
+            "extensions": [],  # every resume that moved the end of the run: {"at_step", "total_steps", "changed"}
+        }
         self.resumed_from = None
         rng = self._restore(resume, optimizer) if resume else None
         self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
@@ -228,9 +234,34 @@ class _Run:
         trainstate.check_signature(saved["signature"], self.signature, where)  # now with tokenizer and data
         trainstate.load_weights(self.job.model, where)
         rng = trainstate.load_training_state(where, optimizer, self.scheduler, self.rank)
-        self.state.update({k: saved[k] for k in self.state})
+        self.state.update({k: saved.get(k, self.state[k]) for k in self.state})
         self.resumed_from = where
+        changed = trainstate.extension(saved["signature"], self.signature)
+        if changed:
+            self._extend(saved, changed, optimizer)
         return rng
+
+    def _extend(self, saved: dict[str, Any], changed: dict[str, list], optimizer) -> None:
+        """Continue a run past the end it was planned for: the schedule is the one a run planned for the new
+        total would follow from this step on (its learning rate is set for the next step now)."""
+        step = self.state["step"]
+        what = ", ".join(f"{k}={new!r} (was {old!r})" for k, (old, new) in changed.items())
+        if self.total <= step:
+            raise UserError(
+                f"cannot resume from {self.resumed_from} with {what}: the checkpoint is at step {step} and the "
+                f"run would end at step {self.total}; to train longer, set training.max_steps above {step}"
+            )
+        sched = self.scheduler
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = lrs
+        record = {"at_step": step, "total_steps": [saved.get("total_steps"), self.total], "changed": changed}
+        self.state["extensions"] = [*self.state["extensions"], record]
+        self.job.notes.append(
+            f"extending the run from step {step}: {what}; {self.cfg.scheduler} schedule now ends at step "
+            f"{self.total} (learning rate {lrs[0]:.3g} next)"
+        )
 
     def train(self, on_step) -> int:
         cfg, job, state = self.cfg, self.job, self.state

@@ -32,6 +32,9 @@ VOLATILE = {
     "training.output_dir",
     "data.cache_dir",
 }
+# Keys that set where a run ends: a resumed run may change them to continue past the step it reached
+# (the first N steps do not depend on them, except through the learning-rate schedule; see README).
+EXTENDABLE = {"training.max_steps", "training.epochs"}
 
 
 def versions() -> dict[str, str]:
@@ -82,7 +85,7 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Path)
             diffs.append(f"{key.replace('_', ' ')} {saved.get(key)} in the checkpoint, {current[key]} now")
     old, new = saved.get("recipe", {}), current["recipe"]
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
+        if key not in EXTENDABLE and old.get(key) != new.get(key):
             diffs.append(f"{key}={old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
     for lib, version in current["versions"].items():
         if saved.get("versions", {}).get(lib) != version:
@@ -92,6 +95,13 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Path)
         raise UserError(
             f"cannot resume from {where}: it was made by a different run: {'; '.join(diffs[:3])}{more}"
         )
+
+
+def extension(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list]:
+    """The end-of-run keys that differ between a checkpoint's signature and the run resuming it:
+    ``{key: [old, new]}`` (empty when the run is not being extended)."""
+    old, new = saved.get("recipe", {}), current["recipe"]
+    return {k: [old.get(k), new.get(k)] for k in sorted(EXTENDABLE) if old.get(k) != new.get(k)}
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from longattn_cli.config import load_recipe
+from longattn_cli.errors import UserError
 from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
 from longattn_cli.sampling import Order
 from longattn_cli.testing import python_docs_text
@@ -40,6 +41,15 @@ def test_every_local_format_loads_with_the_named_column(tmp_path, suffix):
     raw = load_raw(d.source, d.split, d)
     check_column(raw, column, ("text",), "data.source")
     assert [x.strip() for x in raw[column]] == [t.strip() for t in texts]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_without_rows_names_the_file(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_text("text,label\n" if suffix == ".csv" else "\n")
+    data = load_recipe("pretrain", None, {"data.source": str(path), "data.cache_dir": str(tmp_path)}).data
+    with pytest.raises(UserError, match=f"data.source: file {path} has no rows"):
+        load_raw(str(path), "train", data)
 
 
 def test_packing_makes_full_blocks_with_separators(tmp_path, bpe_dir):

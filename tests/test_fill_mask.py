@@ -7,6 +7,7 @@ from helpers import run_cli as run
 from transformers import pipeline
 
 from longattn_cli.fill_mask import predict
+from longattn_cli.testing import tiny_reference
 
 
 def assert_same(ours, theirs):
@@ -88,6 +89,16 @@ def test_bad_input_is_one_line_exit_2(args, pattern, roberta_dir, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_one_line(tmp_path, bpe_dir, capsys):
+    tiny_reference("roberta", tmp_path, vocab_size=100)  # the 1,000-token tokenizer next to 100 embeddings
+    for f in bpe_dir.iterdir():
+        if f.name != "config.json":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    code, _, err = run(["fill-mask", "x <mask>", "--model", str(tmp_path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "has 1,000 tokens, the model's vocabulary 100" in err
 
 
 def test_missing_model_and_offline_hub_id(tmp_path, capsys, monkeypatch):

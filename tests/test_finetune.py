@@ -236,6 +236,8 @@ def cli(argv, capsys):
         (["data.validation=dev"], "neither a file nor usable as a split name"),
         (["data.max_length=512"], "data.max_length=512 is above the model's 128 positions"),
         (["model.source=null"], "model.source is required"),
+        (["model.tokenizer=BIG_TOKENIZER"], "it has 3,000 tokens, the model's vocabulary 1,000"),
+        (["data.source=HEADER_ONLY"], "header-only.csv has no rows, only the header 'text,label'"),
         (["data.streaming=true"], "data.streaming is for pretraining corpora"),
         (
             ["model.task=regression"],
@@ -244,6 +246,14 @@ def cli(argv, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(extra, expect, tmp_path, roberta_dir, datasets_dir, capsys):
+    if "model.tokenizer=BIG_TOKENIZER" in extra:
+        from longattn_cli.testing import train_bpe_tokenizer
+
+        train_bpe_tokenizer(tmp_path / "big", vocab_size=3000)
+        extra = [f"model.tokenizer={tmp_path / 'big'}"]
+    if "data.source=HEADER_ONLY" in extra:
+        (tmp_path / "header-only.csv").write_text("text,label\n")
+        extra = [f"data.source={tmp_path / 'header-only.csv'}"]
     argv = [
         "finetune",
         f"model.source={roberta_dir}",

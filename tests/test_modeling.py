@@ -1,8 +1,10 @@
 """The encoder itself: padding invariance, positions, heads, global tokens, attention switching."""
 
+import pytest
 import torch
 from torch.testing import assert_close
 
+from longattn_cli.errors import UserError
 from longattn_cli.modeling import (
     LongAttnConfig,
     LongAttnForMaskedLM,
@@ -88,3 +90,24 @@ def test_gradient_checkpointing_gives_same_gradients():
     b(ids, labels=ids).loss.backward()
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "lsg", "yoso", "nystrom"])
+def test_more_tokens_than_positions_is_a_clear_error(attention):
+    """Not an IndexError from the embedding: the error names the length and the limit. Padding beyond the
+    limit is fine, since positions count real tokens."""
+    settings = {"block_size": 16, "sparse_block_size": 16} if attention == "lsg" else {}
+    model = LongAttnForMaskedLM(
+        LongAttnConfig(**TINY, attention=attention, attention_settings=settings)
+    ).eval()
+    limit = model.config.max_sequence_length  # 62
+    with pytest.raises(
+        UserError, match=f"the input has {limit + 1} tokens, more than the {limit} this model"
+    ):
+        model(input_ids=torch.full((1, limit + 1), 5))
+    mask = torch.ones(2, limit + 6, dtype=torch.long)
+    mask[:, limit:] = 0
+    with torch.no_grad():
+        assert (
+            model(input_ids=torch.full((2, limit + 6), 5), attention_mask=mask).logits.shape[1] == limit + 6
+        )

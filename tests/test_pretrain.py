@@ -325,3 +325,65 @@ def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_finished_run_is_extended_with_a_larger_max_steps(tmp_path, corpus, cache, capsys):
+    """--resume latest training.max_steps=M continues a run that ended at N < M; the schedule becomes the
+    one planned for M steps, and the extension is recorded in the checkpoint."""
+    out = tmp_path / "run"
+    common = ["training.learning_rate=3e-3", "training.save_every=100", "training.warmup_steps=0"]
+    assert (
+        run(load_recipe("pretrain", None, _ov(args(out, corpus, cache, "training.max_steps=4", *common))))
+        == 0
+    )
+    more = args(out, corpus, cache, "training.max_steps=8", "training.log_every=2", *common)
+    code, stdout, err = cli(["pretrain", *more, "--resume", "latest"], capsys)
+    assert code == 0, err
+    assert "extending the run from step 4" in err
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 6, 8]  # log_every may change on resume
+    # Step 5 uses the 8-step linear schedule's rate at step 4: 3e-3 × (8 - 4) / 8; step 6 the next one.
+    assert lines[4]["lr"] == pytest.approx(3e-3 * 3 / 8)
+    state = json.loads((out / "checkpoints" / "step-0000008" / "trainer_state.json").read_text())
+    assert state["step"] == 8 and state["total_steps"] == 8
+    [ext] = state["extensions"]
+    assert ext["at_step"] == 4 and ext["total_steps"] == [4, 8]
+    assert ext["changed"] == {"training.max_steps": [4, 8]}
+    # Ending at or before the step already reached, or changing what the first steps computed, fails.
+    code, _, err = cli(
+        ["pretrain", *args(out, corpus, cache, "training.max_steps=6", *common), "--resume", "latest"], capsys
+    )
+    assert code == 2 and "the checkpoint is at step 8 and the run would end at step 6" in err
+    assert len(err.strip().splitlines()) == 1
+    changed = args(out, corpus, cache, "training.max_steps=10", "training.batch_size=4", *common)
+    code, _, err = cli(["pretrain", *changed, "--resume", "latest"], capsys)
+    assert code == 2 and "training.batch_size=2 in the checkpoint, 4 now" in err
+
+
+def test_mixed_precision_no_as_yaml_and_override(tmp_path):
+    """YAML 1.1 reads a bare `no` as false; recipes read it as the documented value "no"."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("training:\n  mixed_precision: no\n  overwrite: yes\n")
+    loaded = load_recipe("pretrain", recipe)
+    assert loaded.training.mixed_precision == "no" and loaded.training.overwrite is True
+    assert (
+        load_recipe("pretrain", None, _ov(["training.mixed_precision=no"])).training.mixed_precision == "no"
+    )
+    ft = load_recipe(
+        "finetune", None, _ov(["training.mixed_precision=no", "model.source=x", "data.source=y"])
+    )
+    assert ft.training.mixed_precision == "no"
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_one_line(tmp_path, corpus, cache, capsys, bpe_dir):
+    src = tmp_path / "small"
+    tiny_reference("roberta", src, vocab_size=100, max_position_embeddings=80)
+    code, _, err = cli(
+        [
+            "pretrain",
+            *args(tmp_path / "o", corpus, cache, f"model.source={src}", f"model.tokenizer={bpe_dir}"),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "has 1,000 tokens, the model's vocabulary 100" in err
