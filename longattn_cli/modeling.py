@@ -282,7 +282,6 @@ class LongAttnModel(LongAttnPreTrainedModel):
                 hidden[-1] = x[:, g:]
         return BaseModelOutput(last_hidden_state=x[:, g:], hidden_states=tuple(hidden) if hidden else None)
 
-
     def _check_length(self, mask: torch.Tensor) -> None:
         """More real tokens than position rows is a clear error, not an IndexError in the embedding."""
         limit = self.config.max_sequence_length

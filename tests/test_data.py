@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from longattn_cli.config import load_recipe
-from longattn_cli.errors import UserError
 from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
+from longattn_cli.errors import UserError
 from longattn_cli.sampling import Order
 from longattn_cli.testing import python_docs_text
 
