@@ -1,36 +1,31 @@
 """longattn: transformer encoders with efficient long-sequence attention.
 
-Importing the package registers the ``longattn`` model family with transformers' Auto classes.
+Importing the package registers the ``longattn`` model family with transformers' Auto classes (as soon as
+transformers is imported; see :mod:`longattn_cli.autoregister`), and is itself cheap: torch and transformers
+load only when a model is used.
 """
-
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
-
-from longattn_cli.modeling import (
-    LongAttnConfig,
-    LongAttnForMaskedLM,
-    LongAttnForSequenceClassification,
-    LongAttnForTokenClassification,
-    LongAttnModel,
-)
 
 __version__ = "0.1.0"
 
-AutoConfig.register("longattn", LongAttnConfig, exist_ok=True)
-AutoModel.register(LongAttnConfig, LongAttnModel, exist_ok=True)
-AutoModelForMaskedLM.register(LongAttnConfig, LongAttnForMaskedLM, exist_ok=True)
-AutoModelForSequenceClassification.register(LongAttnConfig, LongAttnForSequenceClassification, exist_ok=True)
-AutoModelForTokenClassification.register(LongAttnConfig, LongAttnForTokenClassification, exist_ok=True)
+from longattn_cli import autoregister as _autoregister  # noqa: E402
 
-__all__ = [
+_autoregister.install()
+
+_MODELS = (
     "LongAttnConfig",
     "LongAttnModel",
     "LongAttnForMaskedLM",
     "LongAttnForSequenceClassification",
     "LongAttnForTokenClassification",
-]
+)
+
+
+def __getattr__(name: str):
+    if name in _MODELS:
+        from longattn_cli import modeling
+
+        return getattr(modeling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_MODELS)

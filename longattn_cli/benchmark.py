@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from longattn_cli.benchmark_point import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
+from longattn_cli.benchmark_status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -128,11 +128,16 @@ def _passthrough(family: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every registered mechanism's benchmark variants: label → (mechanism, settings)."""
-    from longattn_cli.attention import available, get_mechanism
+    import sys
 
+    from longattn_cli.attention.settings import available, settings_class
+
+    base = sys.modules.get("longattn_cli.attention.base")  # classes registered so far (custom ones included)
     out = {}
     for name in available():
-        for label, settings in get_mechanism(name).benchmark_variants().items():
+        cls = base._REGISTRY.get(name) if base else None
+        table = cls.benchmark_variants() if cls else settings_class(name).benchmark_variants() or {name: {}}
+        for label, settings in table.items():
             out[label] = (name, dict(settings))
     return out
 
@@ -140,7 +145,7 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
 def select_candidates(attention: str | None, overrides: dict[str, Any], reference: bool) -> list[Candidate]:
     """Our candidates from ``--attention`` (labels or mechanism names; all when empty) with ``--set``
     overrides applied wherever the mechanism has that setting, then the references paired with them."""
-    from longattn_cli.attention import available, get_mechanism, make_settings
+    from longattn_cli.attention.settings import available, make_settings, settings_class
 
     table = variants()
     wanted = [w.strip() for w in (attention or "").split(",") if w.strip()] or list(table)
@@ -154,10 +159,7 @@ def select_candidates(attention: str | None, overrides: dict[str, Any], referenc
             raise UserError(
                 f"unknown attention {w!r}; valid labels: {', '.join(table)}; mechanisms: {', '.join(available())}"
             )
-    fields = {
-        name: {f.name for f in dataclasses.fields(get_mechanism(name).Settings)}
-        for name, _ in picked.values()
-    }
+    fields = {name: {f.name for f in dataclasses.fields(settings_class(name))} for name, _ in picked.values()}
     unused = sorted(k for k in overrides if not any(k in f for f in fields.values()))
     if unused:
         valid = sorted(set().union(*fields.values()))
@@ -441,14 +443,15 @@ def run(
         ``{"machine": {...}, "options": {...}, "points": [...]}``, one point per (mode, length, candidate).
     """
     from longattn_cli import benchmark_report as report
-    from longattn_cli.devices import pick_device, pick_dtype
 
     opts.check()
-    pick_dtype(opts.dtype)
-    device = str(pick_device(opts.device))
     if plot_path:
         report.require_matplotlib()
     candidates = select_candidates(opts.attention, opts.settings, opts.reference)
+    from longattn_cli.devices import pick_device, pick_dtype  # torch: after the checks that need none
+
+    pick_dtype(opts.dtype)
+    device = str(pick_device(opts.device))
     shape, model_dir = model_shape(opts)
     result = {
         "machine": machine(device, opts.threads),
@@ -457,6 +460,9 @@ def run(
     }
     runner = _runner(opts, device)
     interrupted = False
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C keeps what was measured
     try:
         _sweep(result, list(plan(opts, candidates, shape, model_dir, device)), runner, device)
     except KeyboardInterrupt:  # keep what was measured: the files are written, then the CLI exits 130

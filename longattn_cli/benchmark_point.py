@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from longattn_cli.benchmark_status import ERROR, OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE  # noqa: F401
 from longattn_cli.modeling import LongAttnConfig, LongAttnLayer, LongAttnModel
-
-OK, OOM, TIMEOUT, SKIPPED, UNAVAILABLE, ERROR = "ok", "OOM", "timeout", "skipped", "unavailable", "error"
 
 
 class AttentionBlock(nn.Module):

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from longattn_cli.benchmark_point import OK
+from longattn_cli.benchmark_status import OK
 from longattn_cli.errors import UserError
 
 STATUS_STYLE = {

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from longattn_cli.benchmark_point import ERROR, OOM, TIMEOUT
+from longattn_cli.benchmark_status import ERROR, OOM, TIMEOUT
 
 EOF, SILENT = "eof", "silent"  # what Worker._read returns instead of an answer
 

@@ -309,14 +309,20 @@ RESUME_HELP = (
 def _train(
     kind: str, recipe: str | None, overrides: list[str] | None, resume: str | None, show: bool
 ) -> None:
-    import logging
-
-    import datasets
+    import os
 
     from longattn_cli.config import describe, load_recipe, parse_overrides
 
-    datasets.logging.set_verbosity(logging.CRITICAL)  # bad data becomes one line of ours, not library logs
-    datasets.disable_progress_bars()
+    # Bad data becomes one line of ours, not library logs (read when datasets is imported, by the run).
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:
+        import logging
+
+        import datasets
+
+        datasets.logging.set_verbosity(logging.CRITICAL)
+        datasets.disable_progress_bars()
     values = parse_overrides(overrides)
     if resume:
         values["training.resume"] = resume
@@ -368,16 +374,22 @@ def finetune_cmd(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    from transformers.utils import logging as hf_logging
+    """Console entry point: user mistakes become one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    import signal
 
-    import longattn_cli  # noqa: F401  (registers the model family with transformers)
-
-    hf_logging.set_verbosity_error()  # our own messages say what matters; keep the library's chatter out
-    hf_logging.disable_progress_bar()
-
+    previous = signal.getsignal(signal.SIGINT)
+    _note_interrupts(console=argv is None)
     try:
-        app(args=argv, prog_name="longattn", standalone_mode=False)
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
+        quiet_libraries()
+        # Outside standalone mode typer returns, rather than raises, an exit code: Ctrl-C comes back as 130.
+        code = app(args=argv, prog_name="longattn", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
     except click_errors.NoArgsIsHelpError:
@@ -391,6 +403,80 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", code=130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Ctrl-C inside an import that wraps what it catches (transformers' lazy modules).
+        if _interrupted(exc):
+            _fail("aborted", code=130)
+        raise
+    if code == 130:
+        _fail("aborted", code=130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+_SIGINT_SEEN = False
+
+
+def _note_interrupts(console: bool) -> None:
+    """Ctrl-C while a command starts: one line, exit code 130.
+
+    From the console the process ends at once: a KeyboardInterrupt raised inside torch's or transformers'
+    imports can abort the process from C++ or be turned into another error by a lazy module. Commands that
+    keep partial work on Ctrl-C (training, the benchmark) install their own handler once they run. In
+    process (tests), KeyboardInterrupt is raised as usual and remembered.
+    """
+    import signal
+
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # ignored (a background job) or someone else's handler: leave it
+
+    def handler(signum, frame):
+        global _SIGINT_SEEN
+        _SIGINT_SEEN = True
+        if console:
+            import os
+
+            os.write(2, b"error: aborted\n")
+            os._exit(130)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    if _SIGINT_SEEN:
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def quiet_libraries() -> None:
+    """Our own messages say what matters: no library chatter or progress bars of theirs.
+
+    Set through the environment, read when the libraries are first imported (later, by the command that
+    needs them), so that this costs nothing at start-up; applied directly where they are already loaded.
+    """
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def _fail(message: str, code: int = 2) -> None:

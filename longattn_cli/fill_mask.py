@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from longattn_cli.checkpoints import check_tokenizer, load_model, load_tokenizer
-from longattn_cli.devices import pick_device, pick_dtype
 from longattn_cli.errors import UserError
 
 
@@ -33,6 +31,9 @@ def predict(
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     if not texts:
         raise UserError("no text given; pass one or more texts containing the mask token")
+    from longattn_cli.checkpoints import check_tokenizer, load_model, load_tokenizer
+    from longattn_cli.devices import pick_device, pick_dtype
+
     tokenizer = load_tokenizer(model)
     mask = tokenizer.mask_token
     if mask is None:

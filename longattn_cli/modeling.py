@@ -1,17 +1,15 @@
 """The longattn model family: one post-LN transformer encoder whose attention is a plug-in.
 
 The family is registered with transformers' Auto classes under ``model_type = "longattn"`` (see
-``longattn_cli/__init__.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
+``longattn_cli/autoregister.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
 ``pipeline("fill-mask", model=dir)`` work after ``import longattn_cli``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -20,114 +18,9 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from longattn_cli.attention import build_attention, make_settings
+from longattn_cli.attention import build_attention
+from longattn_cli.configuration import LongAttnConfig
 from longattn_cli.errors import UserError
-
-
-class LongAttnConfig(PretrainedConfig):
-    """Configuration of a longattn encoder.
-
-    Args:
-        vocab_size: size of the token vocabulary.
-        hidden_size: width of the residual stream.
-        num_hidden_layers: number of encoder layers.
-        num_attention_heads: heads per layer; must divide ``hidden_size``.
-        intermediate_size: width of the feed-forward block.
-        hidden_act: feed-forward (and MLM head) activation, a key of ``transformers.activations.ACT2FN``.
-        hidden_dropout_prob: dropout on embeddings and residual branches.
-        attention_probs_dropout_prob: dropout on attention probabilities (mechanisms that have them).
-        max_position_embeddings: rows of the position table (including ``position_offset``).
-        type_vocab_size: rows of the token-type table.
-        layer_norm_eps: LayerNorm epsilon.
-        position_offset: index of the first real token's position row (0 for BERT, 2 for RoBERTa, YOSO
-            and Nyströmformer checkpoints). Positions count real tokens only, so left or right padding
-            never shifts them; padding positions use row ``max(position_offset - 1, 0)``.
-        attention: name of the attention mechanism (see ``longattn_cli.attention.available()``).
-        attention_settings: the mechanism's settings, validated by its ``Settings`` dataclass.
-        classifier_dropout: dropout in classification heads (defaults to ``hidden_dropout_prob``).
-        classifier_pooling: what the sequence-classification head reads: ``first`` (the first token, as
-            BERT and RoBERTa) or ``mean`` (the mean over real tokens, as the LRA models).
-    """
-
-    model_type = "longattn"
-
-    def __init__(
-        self,
-        vocab_size: int = 50265,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        max_position_embeddings: int = 514,
-        type_vocab_size: int = 1,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-5,
-        position_offset: int = 2,
-        attention: str = "softmax",
-        attention_settings: dict[str, Any] | None = None,
-        classifier_dropout: float | None = None,
-        classifier_pooling: str = "first",
-        pad_token_id: int = 1,
-        bos_token_id: int = 0,
-        eos_token_id: int = 2,
-        tie_word_embeddings: bool = True,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.position_offset = position_offset
-        self.attention = attention
-        # Validate now (unknown mechanism or setting fails here) and store the complete, explicit settings.
-        self.attention_settings = make_settings(attention, attention_settings).to_dict()
-        self.classifier_dropout = classifier_dropout
-        if classifier_pooling not in ("first", "mean"):
-            raise ValueError(f"classifier_pooling={classifier_pooling!r} is not one of first, mean")
-        self.classifier_pooling = classifier_pooling
-        super().__init__(
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            tie_word_embeddings=tie_word_embeddings,
-            **kwargs,
-        )
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
-            )
-
-    @property
-    def num_global_tokens(self) -> int:
-        """Learned tokens prepended to every sequence (used by LSG; 0 for the other mechanisms)."""
-        return int(self.attention_settings.get("num_global_tokens", 0) or 0)
-
-    @property
-    def max_sequence_length(self) -> int:
-        """Longest input (in tokens, special tokens included) the position table admits."""
-        return self.max_position_embeddings - self.position_offset
-
-    def set_attention(self, attention: str | None = None, **settings) -> None:
-        """Switch mechanism and/or update its settings in place, validating the result.
-
-        Settings of the current mechanism are kept when the mechanism does not change.
-        """
-        name = attention or self.attention
-        base = dict(self.attention_settings) if name == self.attention else {}
-        base.update(settings)
-        self.attention_settings = make_settings(name, base).to_dict()
-        self.attention = name
 
 
 class LongAttnEmbeddings(nn.Module):

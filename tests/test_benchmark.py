@@ -287,6 +287,7 @@ def test_a_new_mechanism_is_measured_with_nothing_to_change(tmp_path, capsys, mo
             return self.settings.scale * v.mean(dim=2, keepdim=True).expand_as(q)
 
     monkeypatch.setitem(base._REGISTRY, "toy", Toy)
+    monkeypatch.setitem(base.SETTINGS, "toy", ToySettings)
     data, _ = sweep(tmp_path, capsys, "--lengths 32 --attention toy --set scale=3 --reference --no-isolate")
     ours = [p for p in data["points"] if p["kind"] == "ours"]
     assert sorted({p["label"] for p in ours}) == ["toy-a", "toy-b"]

@@ -133,3 +133,25 @@ def test_fill_mask_on_cuda_matches_cpu(roberta_dir):
     cpu = predict(["A <mask> b."], str(roberta_dir), top_k=3, device="cpu")
     gpu = predict(["A <mask> b."], str(roberta_dir), top_k=3, device="cuda")
     assert [p["token"] for p in cpu[0]["predictions"][0]] == [p["token"] for p in gpu[0]["predictions"][0]]
+
+
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(roberta_dir):
+    """SIGINT while torch and transformers are still importing: exit 130, one line, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longattn_cli", "fill-mask", "x <mask>", "--model", str(roberta_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT, and its children inherit that: give the child the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(1.5)  # past the interpreter's start, inside the heavy imports (they take several seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "error: aborted", err

@@ -5,34 +5,22 @@ encoder layer owns the q/k/v and output projections and calls the mechanism with
 
     out = mechanism(q, k, v, mask)   # q, k, v: (B, H, N, D); mask: (B, N) bool, True = real token
 
-and gets back ``(B, H, N, D)``. Each mechanism declares a ``Settings`` dataclass; its fields are the keys a
-config's ``attention_settings`` may hold, and ``__post_init__`` validates them.
+and gets back ``(B, H, N, D)``. Each mechanism declares a ``Settings`` dataclass
+(``longattn_cli/attention/settings.py``); its fields are the keys a config's ``attention_settings`` may hold,
+and ``__post_init__`` validates them. Names and settings need no torch; the classes are imported on first use.
 """
 
-from longattn_cli.attention.base import (
-    Attention,
-    AttentionSettings,
-    available,
-    build_attention,
-    get_mechanism,
-    make_settings,
-    register,
-)
+from longattn_cli.attention.settings import AttentionSettings, available, make_settings
 
-# Importing the modules registers them.
-from longattn_cli.attention import softmax  # noqa: E402,F401  isort: skip
-from longattn_cli.attention import nystrom  # noqa: E402,F401  isort: skip
-from longattn_cli.attention import yoso  # noqa: E402,F401  isort: skip
+_HEAVY = ("Attention", "build_attention", "get_mechanism", "register", "load_builtins")
 
 
-from longattn_cli.attention import lsg  # noqa: E402,F401  isort: skip
+def __getattr__(name: str):
+    if name in _HEAVY:
+        from longattn_cli.attention import base
 
-__all__ = [
-    "Attention",
-    "AttentionSettings",
-    "available",
-    "build_attention",
-    "get_mechanism",
-    "make_settings",
-    "register",
-]
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AttentionSettings", "available", "make_settings", *_HEAVY]

@@ -1,22 +1,20 @@
-"""The shared contract of all attention mechanisms and the registry by name."""
+"""The shared contract of all attention mechanisms and the registry of their classes."""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from longattn_cli.errors import UserError
-
-
-@dataclasses.dataclass
-class AttentionSettings:
-    """Base class of every mechanism's settings; subclasses add fields and validate in ``__post_init__``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from longattn_cli.attention.settings import (
+    BUILTIN_MODULES,
+    SETTINGS,
+    AttentionSettings,
+    make_settings,
+    settings_class,
+)
 
 
 class Attention(nn.Module):
@@ -42,7 +40,7 @@ class Attention(nn.Module):
     @classmethod
     def benchmark_variants(cls) -> dict[str, dict[str, Any]]:
         """Labelled settings that ``longattn benchmark`` measures by default (label → settings dict)."""
-        return {cls.name: {}}
+        return cls.Settings.benchmark_variants() or {cls.name: {}}
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -54,43 +52,23 @@ _REGISTRY: dict[str, type[Attention]] = {}
 
 
 def register(cls: type[Attention]) -> type[Attention]:
-    """Class decorator that adds a mechanism to the registry under ``cls.name``."""
+    """Class decorator that adds a mechanism (and its settings) to the registry under ``cls.name``."""
     if cls.name in _REGISTRY:
         raise ValueError(f"attention {cls.name!r} is registered twice")
+    known = SETTINGS.get(cls.name)
+    if known is not None and known is not cls.Settings:
+        raise ValueError(f"attention {cls.name!r} is registered twice")
     _REGISTRY[cls.name] = cls
+    SETTINGS[cls.name] = cls.Settings
     return cls
-
-
-def available() -> list[str]:
-    """Names of the registered mechanisms, sorted."""
-    return sorted(_REGISTRY)
 
 
 def get_mechanism(name: str) -> type[Attention]:
     """The mechanism class registered as ``name``; a :class:`UserError` names the valid ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown attention {name!r}; valid: {', '.join(available())}") from None
-
-
-def make_settings(name: str, values: dict[str, Any] | None = None) -> AttentionSettings:
-    """Build and validate the settings of mechanism ``name`` from a plain dict.
-
-    Unknown keys are rejected with the list of valid ones.
-    """
-    settings_cls = get_mechanism(name).Settings
-    values = dict(values or {})
-    fields = {f.name for f in dataclasses.fields(settings_cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise UserError(
-            f"unknown setting(s) {', '.join(unknown)} for attention {name!r}; valid: {', '.join(sorted(fields)) or 'none'}"
-        )
-    try:
-        return settings_cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"attention {name!r}: {exc}") from None
+    settings_class(name)  # unknown names fail here, with the valid ones
+    if name not in _REGISTRY and name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])  # registers it
+    return _REGISTRY[name]
 
 
 def build_attention(
@@ -98,3 +76,9 @@ def build_attention(
 ) -> Attention:
     """Instantiate mechanism ``name`` with validated settings."""
     return get_mechanism(name)(make_settings(name, settings), num_heads, head_dim, dropout)
+
+
+def load_builtins() -> None:
+    """Import every built-in mechanism (for code that walks the registry, e.g. the benchmark)."""
+    for name in BUILTIN_MODULES:
+        get_mechanism(name)

@@ -24,84 +24,14 @@ blocks as the unpadded input, and padding never changes the output at real token
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 
-from longattn_cli.attention.base import Attention, AttentionSettings, register
+from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
-
-SPARSITY_TYPES = ("norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling", "none")
-
-
-@dataclasses.dataclass
-class LSGSettings(AttentionSettings):
-    """Settings of LSG attention, named as in the published LSG configs.
-
-    Attributes:
-        block_size: queries per local block; each block sees its neighbours (3 blocks of keys).
-        sparse_block_size: compressed tokens attended on each side of the local window (0: none).
-        sparsity_factor: tokens per compressed token; must divide ``block_size``.
-        sparsity_type: how tokens are compressed, one of ``SPARSITY_TYPES``.
-        num_global_tokens: learned global tokens the encoder prepends (1 to 512).
-        adaptive: pad the input to a multiple of ``block_size`` (masked); without it, lengths above two
-            blocks must be multiples of ``block_size``.
-        mask_first_token: hide the first real token (BOS/CLS) as a key, since the first global token
-            plays its role.
-        pool_with_global: the encoder's output at the first real token is the first global token's.
-        lsh_num_pre_rounds: hashing rounds before the final one (``lsh`` only).
-    """
-
-    block_size: int = 128
-    sparse_block_size: int = 128
-    sparsity_factor: int = 2
-    sparsity_type: str = "norm"
-    num_global_tokens: int = 1
-    adaptive: bool = True
-    mask_first_token: bool = False
-    pool_with_global: bool = True
-    lsh_num_pre_rounds: int = 1
-
-    def __post_init__(self):
-        if self.sparsity_type is None:  # published configs write null for "no sparse tokens"
-            self.sparsity_type = "none"
-        if self.sparsity_type not in SPARSITY_TYPES:
-            raise ValueError(
-                f"sparsity_type={self.sparsity_type!r} is not one of {', '.join(SPARSITY_TYPES)}"
-            )
-        for name in ("block_size", "sparsity_factor"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if not isinstance(self.sparse_block_size, int) or self.sparse_block_size < 0:
-            raise ValueError(f"sparse_block_size={self.sparse_block_size!r} must be an integer >= 0")
-        if self.block_size % self.sparsity_factor:
-            raise ValueError(
-                f"block_size={self.block_size} is not divisible by sparsity_factor={self.sparsity_factor}"
-            )
-        if not isinstance(self.num_global_tokens, int) or not 1 <= self.num_global_tokens <= 512:
-            raise ValueError(f"num_global_tokens={self.num_global_tokens!r} must be between 1 and 512")
-        if self.lsh_num_pre_rounds < 0:
-            raise ValueError(f"lsh_num_pre_rounds={self.lsh_num_pre_rounds} must be >= 0")
-        if self.mask_first_token and not self.pool_with_global:
-            raise ValueError(
-                "mask_first_token=True needs pool_with_global=True (the first token's output comes from the global token)"
-            )
-        chunk = min(self.block_size, self.sparse_block_size)
-        if (
-            self.sparsity_type in ("norm", "lsh")
-            and chunk
-            and (self.block_size % chunk or chunk % self.sparsity_factor)
-        ):
-            raise ValueError(
-                f"sparsity_type={self.sparsity_type!r} compresses chunks of min(block_size, sparse_block_size)={chunk} "
-                f"tokens, which must divide block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}"
-            )
-
-    @property
-    def uses_sparse(self) -> bool:
-        return self.sparsity_type != "none" and self.sparse_block_size > 0
 
 
 @register
@@ -110,12 +40,6 @@ class LSGAttention(Attention):
 
     name = "lsg"
     Settings = LSGSettings
-
-    @classmethod
-    def benchmark_variants(cls):
-        base = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, num_global_tokens=1)
-        kinds = ("norm", "bos_pooling", "pooling", "stride", "block_stride")
-        return {f"lsg-{k}": {**base, "sparsity_type": k} for k in kinds}
 
     def forward(self, q, k, v, mask):
         s = self.settings

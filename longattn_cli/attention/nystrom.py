@@ -23,48 +23,11 @@ Segments, padding and short inputs (what differs from transformers' implementati
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
-from longattn_cli.attention.base import Attention, AttentionSettings, register
-
-PINV_INITS = ("original", "exact")
-
-
-@dataclasses.dataclass
-class NystromSettings(AttentionSettings):
-    """Settings of Nyströmformer attention.
-
-    Attributes:
-        num_landmarks: number of landmarks m; sequences with at most m real tokens get exact attention.
-        pinv_iterations: iterations of the pseudo-inverse approximation (6 in the paper).
-        conv_kernel_size: odd kernel length of the depthwise convolution over V added to the output (one
-            filter per head, as in the published checkpoints), or None for no convolution.
-        pinv_init: ``original`` (Z₀ = Aᵀ / max column sum over the whole batch, as published) or ``exact``
-            (Z₀ = Aᵀ / ‖A‖₁ per matrix).
-    """
-
-    num_landmarks: int = 64
-    pinv_iterations: int = 6
-    conv_kernel_size: int | None = None
-    pinv_init: str = "original"
-
-    def __post_init__(self):
-        if not _is_int(self.num_landmarks) or self.num_landmarks < 1:
-            raise ValueError(f"num_landmarks={self.num_landmarks!r} must be a positive integer")
-        if not _is_int(self.pinv_iterations) or self.pinv_iterations < 1:
-            raise ValueError(f"pinv_iterations={self.pinv_iterations!r} must be a positive integer")
-        k = self.conv_kernel_size
-        if k is not None and (not _is_int(k) or k < 1 or k % 2 == 0):
-            raise ValueError(f"conv_kernel_size={k!r} must be an odd positive integer or None")
-        if self.pinv_init not in PINV_INITS:
-            raise ValueError(f"pinv_init={self.pinv_init!r} is not one of {', '.join(PINV_INITS)}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.settings import PINV_INITS, NystromSettings  # noqa: F401
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int = 6, init: str = "original") -> torch.Tensor:
@@ -156,10 +119,6 @@ class NystromAttention(Attention):
             if k is not None
             else None
         )
-
-    @classmethod
-    def benchmark_variants(cls):
-        return {"nystrom": {"num_landmarks": 64, "conv_kernel_size": 65}}
 
     def forward(self, q, k, v, mask):
         b, h, n, d = q.shape

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 
-from longattn_cli.attention.base import Attention, AttentionSettings, register
-
-IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-@dataclasses.dataclass
-class SoftmaxSettings(AttentionSettings):
-    """Settings of exact attention.
-
-    Attributes:
-        implementation: ``sdpa`` (torch's fused scaled_dot_product_attention) or ``eager`` (explicit
-            matmul-softmax-matmul, mainly as a benchmark reference).
-    """
-
-    implementation: str = "sdpa"
-
-    def __post_init__(self):
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation={self.implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}"
-            )
+from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.settings import IMPLEMENTATIONS, SoftmaxSettings  # noqa: F401
 
 
 @register
@@ -37,10 +17,6 @@ class SoftmaxAttention(Attention):
 
     name = "softmax"
     Settings = SoftmaxSettings
-
-    @classmethod
-    def benchmark_variants(cls):
-        return {"softmax-sdpa": {"implementation": "sdpa"}, "softmax-eager": {"implementation": "eager"}}
 
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0

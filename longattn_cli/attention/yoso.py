@@ -18,7 +18,6 @@ training linear; each bucket then carries a d×d table, so the backward costs O(
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -26,58 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from longattn_cli.attention.base import Attention, AttentionSettings, register
+from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.settings import MAX_HASH_CODE_LEN, YosoSettings  # noqa: F401
 
-MAX_HASH_CODE_LEN = 16
 # Elements of float scratch per step (tables, chunks of the n×n weights in expectation mode): 64 MiB in fp32.
 _BUDGET = 1 << 24
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-@dataclasses.dataclass
-class YosoSettings(AttentionSettings):
-    """Settings of YOSO, named and defaulted as in transformers' ``YosoConfig``.
-
-    Attributes:
-        hash_code_len: τ, bits per hash; buckets per table are 2^τ and the weights are B = (1 - θ/π)^τ.
-        num_hash: hashes averaged in LSH mode (ignored in expectation mode).
-        use_expectation: compute the expectation exactly (O(n²) time) instead of sampling with LSH.
-        use_fast_hash: hash with three random ±1 diagonals and Walsh–Hadamard transforms (head_dim padded to
-            a power of two) instead of Gaussian random projections.
-        lsh_backward: in LSH mode, compute gradients with weighted LSH cumulation (linear in n); otherwise
-            with the expectation formula (O(n²) time, computed in row chunks so memory stays O(n)).
-        conv_window: odd kernel size of a per-head depthwise convolution over the (masked) values added to
-            the output, or None for none.
-        seed: fixes the hash functions: every call draws the same ones (reproducible inference). None draws
-            fresh ones from torch's global generator at every call (as in training).
-    """
-
-    hash_code_len: int = 9
-    num_hash: int = 64
-    use_expectation: bool = True
-    use_fast_hash: bool = True
-    lsh_backward: bool = True
-    conv_window: int | None = None
-    seed: int | None = None
-
-    def __post_init__(self):
-        if not _is_int(self.hash_code_len) or not 1 <= self.hash_code_len <= MAX_HASH_CODE_LEN:
-            raise ValueError(
-                f"hash_code_len={self.hash_code_len!r} must be an integer from 1 to {MAX_HASH_CODE_LEN}"
-            )
-        if not _is_int(self.num_hash) or self.num_hash < 1:
-            raise ValueError(f"num_hash={self.num_hash!r} must be an integer of at least 1")
-        for name in ("use_expectation", "use_fast_hash", "lsh_backward"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
-        w = self.conv_window
-        if w is not None and (not _is_int(w) or w < 1 or w % 2 == 0):
-            raise ValueError(f"conv_window={w!r} must be null or an odd positive integer (e.g. 3, 5, 65)")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ValueError(f"seed={self.seed!r} must be null or a non-negative integer")
 
 
 @register
@@ -98,20 +50,6 @@ class YosoAttention(Attention):
             self.conv = nn.Conv2d(
                 num_heads, num_heads, (w, 1), padding=(w // 2, 0), bias=False, groups=num_heads
             )
-
-    @classmethod
-    def benchmark_variants(cls):
-        return {
-            "yoso-e": {"use_expectation": True},
-            "yoso-lsh": {"use_expectation": False, "lsh_backward": True, "num_hash": 32, "hash_code_len": 8},
-            # LSH forward with the expectation-formula backward: O(n²) backward, but no d² factor.
-            "yoso-lsh-ebwd": {
-                "use_expectation": False,
-                "lsh_backward": False,
-                "num_hash": 32,
-                "hash_code_len": 8,
-            },
-        }
 
     def forward(self, q, k, v, mask):
         s = self.settings
