@@ -326,7 +326,7 @@ def _train(
     values = parse_overrides(overrides)
     if resume:
         values["training.resume"] = resume
-    loaded = load_recipe(kind, recipe, values)
+    loaded = load_recipe(kind, recipe, values, complete=not show)
     if show:
         print(describe(loaded), end="")
         return

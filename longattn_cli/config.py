@@ -382,14 +382,17 @@ class FinetuneRecipe:
     training: TrainingConfig = dataclasses.field(default_factory=_finetune_training)
 
     def __post_init__(self):
+        if self.model.source and self.model.scratch:
+            raise UserError(
+                "model.scratch describes a model trained from scratch; it cannot go with model.source"
+            )
+
+    def check_complete(self) -> None:
+        """What a run needs and a printed recipe may leave open: the model and the data."""
         if not self.model.source and not (self.model.scratch and self.model.tokenizer):
             raise UserError(
                 "model.source is required: the checkpoint to fine-tune (directory or hub id); "
                 "or, to train from scratch, model.scratch (the architecture) and model.tokenizer"
-            )
-        if self.model.source and self.model.scratch:
-            raise UserError(
-                "model.scratch describes a model trained from scratch; it cannot go with model.source"
             )
         if not self.data.source:
             raise UserError("data.source is required: a local file or a hub dataset name")
@@ -420,13 +423,19 @@ def describe(recipe: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_recipe(kind: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None):
+def load_recipe(
+    kind: str,
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    complete: bool = True,
+):
     """Build the recipe of command ``kind`` from a YAML file (optional) and dotted overrides (which win).
 
     Args:
         kind: ``pretrain`` or ``finetune``.
         path: a YAML recipe; ``None`` starts from the dataclass defaults.
         overrides: ``{"training.max_steps": 10, ...}`` as parsed by :func:`parse_overrides`.
+        complete: require what a run needs (fine-tuning: model.source and data.source); False to print one.
 
     Raises:
         UserError: unreadable file, unknown key (the message lists the valid ones), wrongly typed or invalid value.
@@ -436,7 +445,10 @@ def load_recipe(kind: str, path: str | Path | None = None, overrides: dict[str, 
         tree = _read_yaml(Path(path))
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
-    return _build(RECIPES[kind], tree, where="")
+    recipe = _build(RECIPES[kind], tree, where="")
+    if complete and hasattr(recipe, "check_complete"):
+        recipe.check_complete()
+    return recipe
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -57,8 +57,29 @@ def predict(
     for text in texts:
         out = fill(text, top_k=min(top_k, net.config.vocab_size))
         per_mask = out if out and isinstance(out[0], list) else [out]
+        for k, preds in enumerate(per_mask):  # the pipeline's own hold <s>, </s> and the other masks' ids
+            for p in preds:
+                p["sequence"] = _filled(tokenizer, text, k, p["token"])
         results.append({"text": text, "predictions": [[_plain(p) for p in preds] for preds in per_mask]})
     return results
+
+
+def _filled(tokenizer, text: str, k: int, token: int) -> str:
+    """``text`` with its mask number ``k`` replaced by ``token`` and the other masks left as typed.
+
+    A mask token that absorbs the space before it (RoBERTa's) is replaced together with that space, since
+    the token then brings its own.
+    """
+    mask = tokenizer.mask_token
+    parts = text.split(mask)
+    head, tail = mask.join(parts[: k + 1]), mask.join(parts[k + 1 :])
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(tokenizer.mask_token_id)
+    word = tokenizer.decode([token])
+    if getattr(added, "lstrip", False):
+        head = head.rstrip()
+    elif head and not head[-1].isspace() and word[:1].isspace():
+        word = word.lstrip()
+    return head + word + tail
 
 
 def _plain(p: dict[str, Any]) -> dict[str, Any]:

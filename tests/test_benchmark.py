@@ -175,7 +175,8 @@ def test_worker_restarts_after_a_kill():
 
         proc = worker.proc
         threading.Timer(1.0, proc.kill).start()  # mid-point, as the kernel's OOM killer would
-        died = worker.measure(dict(WORKER_SPEC, time_budget=None, repeats=100, min_time=60.0))
+        # Long enough to be killed mid-point on any machine: 100 steps of an eager layer at 2,048 tokens.
+        died = worker.measure(dict(WORKER_SPEC, n=2048, time_budget=None, repeats=100, min_time=60.0))
         assert died["status"] == "OOM" and "signal 9" in died["message"]
         assert worker.measure(dict(WORKER_SPEC, time_budget=None))["status"] == "ok"
     finally:
