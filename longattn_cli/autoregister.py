@@ -61,7 +61,14 @@ def _ready(name: str) -> bool:
     return module is not None and not getattr(spec, "_initializing", False)
 
 
-def _run_ready() -> None:
+OURS = ("longattn_cli.configuration", "longattn_cli.modeling")
+
+
+def _run_ready(finished: str | None = None) -> None:
+    """Run the registrations whose modules are loaded, unless one of ours is itself still importing (it
+    calls this again, as ``finished``, when its body has run)."""
+    if any(n in sys.modules and n != finished and not _ready(n) for n in OURS):
+        return
     while _PENDING and all(_ready(n) for n in _PENDING[0][1]):
         step, _ = _PENDING.pop(0)
         step()
@@ -105,6 +112,11 @@ def install() -> None:
     _run_ready()
     if _PENDING and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
+
+
+def module_loaded(name: str) -> None:
+    """Called at the end of our configuration and modeling modules: registrations that waited for them."""
+    _run_ready(finished=name)
 
 
 def register_now() -> None:

@@ -277,9 +277,15 @@ class PretrainDataConfig(DataConfig):
         "packed blocks per epoch when streaming, to turn training.epochs into steps (a stream has no length)",
         10_000,
     )
+    validation_split: float = _doc(
+        "with no data.validation: fraction of the documents held out (seeded) for validation; 0 = none",
+        0.1,
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.validation_split < 1:
+            raise ValueError(f"data.validation_split must be in [0, 1), got {self.validation_split}")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"data.mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.max_length < 8:

@@ -338,3 +338,8 @@ HEADS = {
     "sequence-classification": LongAttnForSequenceClassification,
     "token-classification": LongAttnForTokenClassification,
 }
+
+
+from longattn_cli import autoregister  # noqa: E402
+
+autoregister.module_loaded(__name__)  # registrations that waited for this module to finish importing

@@ -162,11 +162,14 @@ def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) ->
 
 
 def build(recipe, accelerator) -> Job:
-    """The pretraining job: data, tokenizer, model, masking and (with ``data.validation``) the MLM loss."""
+    """The pretraining job: data, tokenizer, model, masking and (with validation data) the MLM loss."""
     m, d, t = recipe.model, recipe.data, recipe.training
     raw = D.load_raw(d.source, d.split, d)
     D.check_column(raw, d.text_column, ("text",), "data.source")
     fingerprint = D.source_fingerprint(d.source, d.split, d)
+    held_out = None
+    if not d.validation and d.validation_split and not d.streaming:
+        raw, held_out, fingerprint = hold_out(raw, d.validation_split, t.seed, fingerprint)
     tokenizer, notes = pick_tokenizer(m, d, raw, fingerprint)
     tokenizer.model_max_length = d.max_length
     model = build_model(m, d, tokenizer)
@@ -177,9 +180,24 @@ def build(recipe, accelerator) -> Job:
             f"{len(packed):,} blocks of {d.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})"
         )
     collate = D.MaskingCollator(tokenizer, d.mlm_probability, d.whole_word_mask, t.seed)
-    evaluate = None
-    if d.validation:
-        evaluate = _validation(d, tokenizer, collate, t.batch_size)
+    evaluate = finish = None
+    if d.validation or held_out is not None:
+        if held_out is None:
+            held_out = D.load_raw(
+                d.validation if D.is_local(d.validation) else d.source,
+                d.validation,
+                d,
+                what="data.validation",
+            )
+            D.check_column(held_out, d.text_column, ("text",), "data.validation")
+            fingerprint = D.source_fingerprint(
+                d.validation if D.is_local(d.validation) else d.source, d.validation, d
+            )
+        else:
+            fingerprint = fingerprint + "-held-out"
+            notes.append(f"{len(held_out):,} documents held out for validation (data.validation_split)")
+        evaluate = _validation(held_out, fingerprint, d, tokenizer, collate, t.batch_size)
+        finish = _closing_report(model, evaluate, packed, held_out, tokenizer, d)
     return Job(
         model=model,
         objective=MaskedLMObjective(model),
@@ -193,18 +211,24 @@ def build(recipe, accelerator) -> Job:
         greater_is_better=False,
         stream_length=d.streaming_examples if d.streaming else None,
         notes=notes,
+        finish=finish,
     )
 
 
-def _validation(d, tokenizer, collate, batch_size: int):
+def hold_out(raw, fraction: float, seed: int, fingerprint: str):
+    """Split the documents into training and held-out ones: (train, held out, the training fingerprint)."""
+    if len(raw) < 2:
+        raise UserError(
+            f"data.validation_split={fraction}: the corpus has {len(raw)} document(s), too few to hold any "
+            "out; set data.validation_split=0 or give data.validation"
+        )
+    n = max(1, round(len(raw) * fraction))
+    parts = raw.train_test_split(test_size=n, seed=seed, shuffle=True)
+    return parts["train"], parts["test"], D._sha(fingerprint, "held-out", fraction, seed)
+
+
+def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
     """MLM loss on the validation blocks, with fixed masks (the same every evaluation)."""
-    raw = D.load_raw(
-        d.validation if D.is_local(d.validation) else d.source, d.validation, d, what="data.validation"
-    )
-    D.check_column(raw, d.text_column, ("text",), "data.validation")
-    fingerprint = D.source_fingerprint(
-        d.validation if D.is_local(d.validation) else d.source, d.validation, d
-    )
     blocks, _, _ = D.pack(raw, tokenizer, d, fingerprint, what="data.validation")
     rows = (
         list(blocks.take(256))
@@ -222,7 +246,100 @@ def _validation(d, tokenizer, collate, batch_size: int):
         loss = sum(losses) / len(losses)
         return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
 
+    evaluate.rows = rows
     return evaluate
+
+
+def unigram_loss(train_blocks, rows, tokenizer) -> float:
+    """Cross-entropy (nats) of the validation tokens under the training data's token frequencies (add-one
+    smoothed), special tokens left out: the loss of a model that has learnt nothing but frequencies."""
+    counts = torch.ones(len(tokenizer), dtype=torch.float64)
+    for i in range(len(train_blocks)):
+        counts += torch.bincount(torch.tensor(train_blocks[i]["input_ids"]), minlength=len(tokenizer))[
+            : len(counts)
+        ]
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    counts[special] = 0
+    logp = (counts / counts.sum()).log()
+    ids = torch.tensor([t for r in rows for t in r["input_ids"]])
+    ids = ids[~torch.isin(ids, special)]
+    return float(-logp[ids].mean())
+
+
+def _closing_report(model, evaluate, train_blocks, held_out, tokenizer, d):
+    """The summary rows: validation loss before and after next to the unigram baseline, and fill-mask
+    predictions on held-out sentences. The loss before training is measured now, on the fresh weights."""
+    model.eval()
+    before = evaluate(model)["loss"]
+    model.train()
+    baseline = unigram_loss(train_blocks, evaluate.rows, tokenizer)
+    samples = sample_sentences(held_out, tokenizer, d.text_column, train_blocks)
+
+    def finish(model) -> dict[str, Any]:
+        after = evaluate(model)["loss"]
+        rows = {
+            "validation loss": f"{before:.2f} → {after:.2f}",
+            "unigram baseline": f"{baseline:.2f} ({baseline - after:+.2f} below it)",
+        }
+        rows.update(predict_samples(model, tokenizer, samples))
+        return rows
+
+    return finish
+
+
+def sample_sentences(held_out, tokenizer, column: str, train_blocks, count: int = 4):
+    """A few held-out sentences, each with the most frequent whole word of at least four letters (one token)
+    masked: ``[(masked text, answer)]``."""
+    import re
+
+    freq: dict[int, int] = {}
+    for i in range(min(len(train_blocks), 64)):
+        for t in train_blocks[i]["input_ids"]:
+            freq[t] = freq.get(t, 0) + 1
+    out = []
+    for doc in held_out[column]:
+        sentence = re.split(r"(?<=[.!?])\s", " ".join((doc or "").split()))[0]
+        if not (
+            40 <= len(sentence) <= 100 and sentence.endswith(".") and re.fullmatch(r"[\w ,.'’-]+", sentence)
+        ):
+            continue  # plain prose only: no headings, markup or code
+        best = None
+        for match in re.finditer(r"(?<= )[A-Za-z]{4,}\b", sentence):
+            ids = tokenizer(" " + match.group(), add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and (best is None or freq.get(ids[0], 0) > best[0]):
+                best = (freq.get(ids[0], 0), match)
+        if best is None:
+            continue
+        match = best[1]
+        text = sentence[: match.start() - 1] + " " + tokenizer.mask_token + sentence[match.end() :]
+        out.append((text, match.group()))
+        if len(out) == count:
+            break
+    return out
+
+
+def _around(text: str, mask: str, width: int = 18) -> str:
+    """The words near the mask, so that a sample fits one line of the summary table."""
+    head, _, tail = text.partition(mask)
+    head = head if len(head) <= width else "…" + head[-width:].split(" ", 1)[-1]
+    tail = tail if len(tail) <= width else tail[:width].rsplit(" ", 1)[0] + "…"
+    return f"{head}{mask}{tail}"
+
+
+@torch.no_grad()
+def predict_samples(model, tokenizer, samples) -> dict[str, str]:
+    """``{"sample 1": "text → top 3 (✓ when the first is the answer)"}`` for the summary table."""
+    rows = {}
+    model.eval()
+    device = next(model.parameters()).device
+    for i, (text, answer) in enumerate(samples, 1):
+        enc = tokenizer(text, return_tensors="pt").to(device)
+        where = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]
+        logits = model(**enc).logits[0, where]
+        top = [tokenizer.decode([t]).strip() for t in logits.topk(3).indices.tolist()]
+        mark = "✓" if top[0] == answer else "✗"
+        rows[f"sample {i}"] = f"{_around(text, tokenizer.mask_token)} → {' · '.join(top)} {mark} ({answer})"
+    return rows
 
 
 def run(recipe, on_step=None) -> int:

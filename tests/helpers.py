@@ -23,4 +23,5 @@ TINY_PRETRAIN = [
     "model.vocab_size=400",
     "data.max_length=64",
     "training.batch_size=2",
+    "data.validation_split=0",
 ]

@@ -387,3 +387,34 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_one_line(tmp_path, corpus, ca
     )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "has 1,000 tokens, the model's vocabulary 100" in err
+
+
+def test_held_out_documents_give_the_closing_report(tmp_path, corpus, cache, capsys):
+    """data.validation_split holds documents out; the summary shows the validation loss before and after
+    next to the unigram baseline, and fill-mask predictions on held-out sentences."""
+    out = tmp_path / "run"
+    extra = ["training.max_steps=3", "data.validation_split=0.2", "data.max_length=128"]
+    code, stdout, err = cli(["pretrain", *args(out, corpus, cache, *extra)], capsys)
+    assert code == 0, err
+    assert "60 documents held out for validation" in err  # 20% of 300
+    assert "validation loss" in stdout and "unigram baseline" in stdout and "sample 1" in stdout
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    assert len(evals) == 1 and evals[0]["step"] == 3
+
+
+def test_unigram_baseline_by_hand(bpe_dir):
+    from transformers import AutoTokenizer
+
+    from longattn_cli.pretrain import unigram_loss
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    a, b = 10, 11  # two ordinary tokens; the special ones are left out of counts and targets
+    train = [{"input_ids": [0, a, a, a, b, 2]}]
+    rows = [{"input_ids": [0, a, b, 2]}]
+    counts = torch.ones(len(tok), dtype=torch.float64)
+    counts[a] += 3
+    counts[b] += 1
+    counts[sorted(tok.all_special_ids)] = 0
+    p = counts / counts.sum()
+    expected = -(p[a].log() + p[b].log()) / 2
+    assert unigram_loss(train, rows, tok) == pytest.approx(float(expected))
