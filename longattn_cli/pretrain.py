@@ -279,7 +279,8 @@ def _closing_report(model, evaluate, train_blocks, held_out, tokenizer, d):
         after = evaluate(model)["loss"]
         rows = {
             "validation loss": f"{before:.2f} → {after:.2f}",
-            "unigram baseline": f"{baseline:.2f} ({baseline - after:+.2f} below it)",
+            "unigram baseline": f"{baseline:.2f} (validation {abs(baseline - after):.2f} "
+            f"{'below' if after < baseline else 'above'} it)",
         }
         rows.update(predict_samples(model, tokenizer, samples))
         return rows
@@ -336,7 +337,8 @@ def predict_samples(model, tokenizer, samples) -> dict[str, str]:
         enc = tokenizer(text, return_tensors="pt").to(device)
         where = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]
         logits = model(**enc).logits[0, where]
-        top = [tokenizer.decode([t]).strip() for t in logits.topk(3).indices.tolist()]
+        top = [tokenizer.decode([t]) for t in logits.topk(3).indices.tolist()]
+        top = [t.strip() or repr(t) for t in top]  # a newline or space shown as such
         mark = "✓" if top[0] == answer else "✗"
         rows[f"sample {i}"] = f"{_around(text, tokenizer.mask_token)} → {' · '.join(top)} {mark} ({answer})"
     return rows
