@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from longattn_cli.benchmark_status import OK
 from longattn_cli.errors import UserError
@@ -33,7 +35,10 @@ def _ms(seconds: float | None) -> str:
 
 
 def _mib(nbytes: int | None) -> str:
-    return "" if nbytes is None else f"{nbytes / 2**20:,.1f}"
+    if nbytes is None:
+        return ""
+    mib = nbytes / 2**20
+    return f"{mib:.1f}" if mib < 100 else f"{mib:,.0f}"
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -42,25 +47,34 @@ def _pair(a: float | None, b: float | None) -> str:
     return f"{'–' if a is None else f'{a:.2f}'}/{'–' if b is None else f'{b:.2f}'}"
 
 
-def group_table(points: list[dict[str, Any]]) -> Table:
-    """The points of one (scope, mode, length) group: one row per candidate."""
+def group_table(points: list[dict[str, Any]]) -> Group:
+    """The points of one (scope, mode, length) group: one row per candidate, within 80 columns.
+
+    A status with a message (unavailable, OOM, ...) shows its word and a footnote number; the messages
+    follow the table, one line each, so that no cell wraps word by word.
+    """
     p0 = points[0]
     what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
-    title = f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']} (ms: median step; IQR: quartile spread)"
-    table = Table(title=title, title_justify="left")
-    table.add_column("attention", no_wrap=True)
-    table.add_column("ms", justify="right", no_wrap=True)
-    table.add_column("IQR", justify="right", no_wrap=True)
-    table.add_column("tok/s", justify="right", no_wrap=True)
-    table.add_column("MiB", justify="right", no_wrap=True)
-    table.add_column("÷ref t/m", justify="right", no_wrap=True)
-    table.add_column("÷SDPA t/m", justify="right", no_wrap=True)
-    table.add_column("status", overflow="fold")
+    table = Table(
+        title=f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
+        caption="ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios",
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 0),
+        show_edge=False,
+    )
+    for name in ("attention", "ms", "IQR", "tok/s", "MiB", "÷ref t/m", "÷SDPA t/m", "status"):
+        table.add_column(name, justify="left" if name in ("attention", "status") else "right", no_wrap=True)
+    notes: list[str] = []
     for p in points:
         ok = p["status"] == OK
         name = escape(p["label"]) if p["kind"] == "ours" else f"[italic]{escape(p['label'])}[/]"
-        status = p["status"] if ok or p["status"] == "running" else f"{p['status']}: {p.get('message', '')}"
-        status = escape(status)
+        status = p["status"]
+        if not ok and status != "running" and p.get("message"):
+            notes.append(f"[{len(notes) + 1}] {p['label']}: {p['message']}")
+            status = f"{status} [{len(notes)}]"
         table.add_row(
             name,
             _ms(p.get("time_s")) if ok else "",
@@ -69,9 +83,9 @@ def group_table(points: list[dict[str, Any]]) -> Table:
             _mib(p.get("peak_memory_bytes")) if ok else "",
             _pair(p.get("vs_reference_time"), p.get("vs_reference_memory")),
             _pair(p.get("vs_sdpa_time"), p.get("vs_sdpa_memory")),
-            f"[{STATUS_STYLE.get(p['status'], 'cyan')}]{status}[/]",
+            f"[{STATUS_STYLE.get(p['status'], 'cyan')}]{escape(status)}[/]",
         )
-    return table
+    return Group(table, *(Text(note, style="dim") for note in notes))
 
 
 def summary_tables(points: list[dict[str, Any]]) -> list[Table]:
@@ -81,10 +95,19 @@ def summary_tables(points: list[dict[str, Any]]) -> list[Table]:
         rows = [p for p in points if p["scope"] == scope and p["mode"] == mode]
         lengths = sorted({p["n"] for p in rows})
         what = {"forward": "forward", "train": "forward+backward"}[mode]
-        table = Table(title=f"{scope} · {what}: time ms / peak MiB", title_justify="left")
-        table.add_column("attention")
+        table = Table(
+            title=f"{scope} · {what}",
+            caption="cells: median step ms / peak MiB",
+            title_justify="left",
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+            show_edge=False,
+        )
+        table.add_column("attention", no_wrap=True)
         for n in lengths:
-            table.add_column(f"{n:,}", justify="right")
+            table.add_column(f"{n:,}", justify="right", no_wrap=True)
         for label in dict.fromkeys(p["label"] for p in rows):
             cells = {p["n"]: p for p in rows if p["label"] == label}
             table.add_row(escape(label), *(_cell(cells.get(n)) for n in lengths))

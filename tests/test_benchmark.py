@@ -378,3 +378,36 @@ def test_list_variants(capsys):
 def test_help_lists_benchmark(capsys):
     code, out, _ = run(["--help"], capsys)
     assert code == 0 and "benchmark" in out
+
+
+def test_tables_fit_80_columns_and_no_cell_wraps():
+    """Every column of a train-mode group at 80 columns, long messages as footnotes, labels whole."""
+    from rich.console import Console
+
+    from longattn_cli.benchmark_report import group_table, summary_tables
+
+    base = dict(kind="ours", scope="layer", mode="train", n=16384, batch=1)
+    ok = dict(base, status="ok", time_s=12.345, time_q1_s=12.1, time_q3_s=12.6, tokens_per_s=1327.0,
+              peak_memory_bytes=3_100 * 2**20, vs_reference_time=0.57, vs_reference_memory=3.81,
+              vs_sdpa_time=0.31, vs_sdpa_memory=12.25)  # fmt: skip
+    points = [
+        dict(ok, label="lsg-block_stride"),
+        dict(ok, label="yoso-lsh-ebwd"),
+        dict(
+            base,
+            label="hf-nystromformer",
+            kind="reference",
+            status="unavailable",
+            message="transformers' Nystromformer needs the length to be a multiple of 64 landmarks (got 16,385)",
+        ),  # fmt: skip
+        dict(base, label="softmax-eager", status="OOM", message="RuntimeError: can't allocate 12.0 GiB"),
+    ]
+    console = Console(record=True, width=80)
+    console.print(group_table(points))
+    for table in summary_tables(points):
+        console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for word in ("lsg-block_stride", "hf-nystromformer", "÷SDPA t/m", "status", "unavailable [1]", "OOM [2]"):
+        assert word in text, (word, text)
+    assert "[1] hf-nystromformer: transformers' Nystromformer needs the length" in text

@@ -230,3 +230,18 @@ def test_lra_recipe_smoke_run(path, lra_data, tmp_path):
     row = read_run(tmp_path / path.stem)
     assert row["task"] == task and row["attention"] == recipe.model.attention
     assert 0 <= row["accuracy"] <= 100 and row["steps"] == 2 and row["peak_memory_mb"] > 0
+
+
+def test_report_fits_80_columns(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    d = tmp_path / "a-rather-long-directory-name-for-the-runs" / "listops-nystrom-cpu-scale"
+    d.mkdir(parents=True)
+    summary = {"task": "listops", "attention": "nystrom", "test_metrics": {"accuracy": 0.3712},
+               "train_time_s": 1234.5, "peak_memory_mb": 12812.5, "steps": 5000}  # fmt: skip
+    (d / "summary.json").write_text(json.dumps(summary))
+    report([str(d)])
+    out = capsys.readouterr().out
+    table = out.split("[1] ")[0]
+    assert max(len(line) for line in table.splitlines()) <= 80, out
+    assert "37.12" in out and "37.15" in out and "12,812 MB" in out and "20.6 min" in out
+    assert f"[1] {d}" in out  # the run directory, whole, below the table

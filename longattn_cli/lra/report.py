@@ -51,27 +51,36 @@ def report(runs: list[str], as_json: bool = False) -> list[dict[str, Any]]:
     if as_json:
         print(json.dumps(rows, indent=2))
         return rows
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Long Range Arena: test accuracy (%)")
-    for col in ("task", "attention", "ours", "published", "Δ", "steps", "train time", "peak memory", "run"):
-        table.add_column(col, justify="right" if col not in ("task", "attention", "run") else "left")
-    for r in sorted(rows, key=lambda r: (r["task"], r["attention"])):
+    table = Table(
+        title="Long Range Arena: test accuracy (%)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col in ("#", "task", "attention", "ours", "paper", "Δ", "steps", "train", "memory"):
+        table.add_column(col, justify="left" if col in ("task", "attention") else "right", no_wrap=True)
+    ordered = sorted(rows, key=lambda r: (r["task"], r["attention"]))
+    for i, r in enumerate(ordered, 1):
         ours, pub = r["accuracy"], r["published"]
         table.add_row(
+            str(i),
             r["task"],
             r["attention"],
             "—" if ours is None else f"{ours:.2f}",
             "—" if pub is None else f"{pub:.2f}",
             "—" if ours is None or pub is None else f"{ours - pub:+.2f}",
-            "—" if r["steps"] is None else str(r["steps"]),
+            "—" if r["steps"] is None else f"{r['steps']:,}",
             "—" if r["train_time_s"] is None else f"{r['train_time_s'] / 60:.1f} min",
-            "—" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f} MB",
-            r["run"],
+            "—" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:,.0f} MB",
         )
     console = Console()
     console.print(table)
+    for i, r in enumerate(ordered, 1):  # run directories below the table: they are long
+        print(f"[{i}] {r['run']}")
     used = sorted({r["attention"] for r in rows if r["published"] is not None})
     for mech in used:
         console.print(f"published {mech}: {SOURCES[mech]}")
