@@ -205,50 +205,107 @@ def write_csv(result: dict[str, Any], path: str | Path) -> None:
 
 
 def require_matplotlib() -> None:
-    """A one-line error, before any measuring, when ``--plot`` is asked for without matplotlib."""
+    """A one-line error, before any measuring, when ``--plot`` is asked for and matplotlib is missing (it is
+    a dependency, so only a broken install gets here)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError(
-            "--plot needs matplotlib: pip install 'longattn[plot]' (or pip install matplotlib)"
-        ) from None
+        raise UserError("--plot needs matplotlib, which is missing here: pip install matplotlib") from None
+
+
+# One colour per mechanism family (references share their family's colour, dashed).
+FAMILY_COLOURS = {"softmax": "#4c4c4c", "nystrom": "#1f77b4", "yoso": "#d62728", "lsg": "#2ca02c"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def styles(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Line style per label: the mechanism's colour, one marker per variant of it, references dashed."""
+    out: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    extra = iter(("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e"))
+    for p in points:
+        label = p["label"]
+        if label in out:
+            continue
+        family = p.get("mechanism") or label.split("-")[0]
+        if family not in FAMILY_COLOURS:
+            FAMILY_COLOURS[family] = next(extra, "#7f7f7f")
+        k = seen.get(family, 0)
+        seen[family] = k + 1
+        reference = p["kind"] == "reference"
+        out[label] = dict(
+            color=FAMILY_COLOURS[family],
+            marker=MARKERS[k % len(MARKERS)],
+            linestyle="--" if reference else "-",
+            markerfacecolor="white" if reference else FAMILY_COLOURS[family],
+        )
+    return out
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
-    """Time and peak memory against length, log-log, one line per candidate; a row of panels per mode."""
+    """Time and peak memory against length, log-log: a row of two panels per mode, one legend outside the
+    axes, every measured length ticked, and the points that did not run listed under the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     points = [p for p in result["points"] if p["status"] == OK]
     modes = list(dict.fromkeys(p["mode"] for p in result["points"]))
-    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4 * len(modes)), squeeze=False)
+    lengths = sorted({p["n"] for p in result["points"]})
+    style = styles(result["points"])
+    failed = [p for p in result["points"] if p["status"] != OK]
+    notes = _missing_notes(failed)
+    height = 3.6 * len(modes) + 0.25 * len(notes) + 0.6
+    fig, axes = plt.subplots(len(modes), 2, figsize=(12, height), squeeze=False)
+    handles: dict[str, Any] = {}
     for row, mode in zip(axes, modes, strict=True):
-        for label in dict.fromkeys(p["label"] for p in result["points"]):
+        for label in style:
             mine = sorted(
                 (p for p in points if p["mode"] == mode and p["label"] == label), key=lambda p: p["n"]
             )
             if not mine:
                 continue
-            style = "--" if mine[0]["kind"] == "reference" else "-"
             ns = [p["n"] for p in mine]
-            row[0].plot(ns, [p["time_s"] * 1e3 for p in mine], style, marker="o", label=label)
+            (line,) = row[0].plot(ns, [p["time_s"] * 1e3 for p in mine], label=label, **style[label])
+            handles.setdefault(label, line)
             mem = [(p["n"], p["peak_memory_bytes"] / 2**20) for p in mine if p.get("peak_memory_bytes")]
             if mem:
-                row[1].plot(*zip(*mem, strict=True), style, marker="o", label=label)
+                row[1].plot(*zip(*mem, strict=True), label=label, **style[label])
         what = {"forward": "forward", "train": "forward+backward"}[mode]
         for ax, ylabel in zip(row, ("time per step (ms)", "peak memory (MiB)"), strict=True):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel("sequence length")
+            ax.xaxis.set_major_locator(FixedLocator(lengths))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{n:,}" for n in lengths], rotation=45 if len(lengths) > 5 else 0)
+            ax.set_xlabel("sequence length (tokens)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{result['options']['scope']} · {what}")
+            ax.set_title(f"{result['options']['scope']} · {what}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
     m = result["machine"]
     fig.suptitle(f"longattn benchmark · {m.get('gpu') or m['cpu']} · torch {m['torch']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=8, title="solid: longattn · dashed: reference", title_fontsize=8)  # fmt: skip
+    bottom = (0.25 * len(notes) + 0.3) / height if notes else 0.0
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", ha="left", family="monospace")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _missing_notes(failed: list[dict[str, Any]], width: int = 150) -> list[str]:
+    """One line per (label, mode, status): the lengths that did not run and why, shortened to fit."""
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for p in failed:
+        grouped.setdefault((p["label"], p["mode"], p["status"]), []).append(p)
+    lines = ["not plotted (did not run):"] if grouped else []
+    for (label, mode, status), ps in grouped.items():
+        ns = ", ".join(f"{p['n']:,}" for p in sorted(ps, key=lambda p: p["n"]))
+        why = (ps[0].get("message") or "").splitlines()[0] if ps[0].get("message") else ""
+        line = f"  {label} · {mode} · n={ns}: {status}{' — ' + why if why else ''}"
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    return lines

@@ -307,10 +307,37 @@ def test_set_overrides_the_selected_mechanism(tmp_path, capsys):
 
 
 def test_plot(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     png = tmp_path / "b.png"
     sweep(tmp_path, capsys, "--lengths 32,64 --attention softmax-sdpa --no-isolate", "--plot", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_styles_and_notes(tmp_path):
+    """One colour per mechanism, a marker per variant, references dashed in their mechanism's colour; what
+    did not run is listed under the figure."""
+    from longattn_cli.benchmark_report import _missing_notes, plot, styles
+
+    labels = [("lsg-norm", "ours", "lsg"), ("lsg-pooling", "ours", "lsg"), ("yoso-lsh", "ours", "yoso"),
+              ("yoso-lsh-ebwd", "ours", "yoso"), ("hf-yoso", "reference", "yoso"),
+              ("softmax-sdpa", "ours", "softmax"), ("hf-roberta-sdpa", "reference", "softmax")]  # fmt: skip
+    points = []
+    for n in (512, 1024, 2048):
+        for label, kind, mech in labels:
+            status = "OOM" if (label, n) == ("hf-yoso", 2048) else "ok"
+            points.append(dict(label=label, kind=kind, mechanism=mech, scope="layer", mode="train", n=n,
+                               status=status, message="out of memory" if status != "ok" else None,
+                               time_s=n * 1e-4, peak_memory_bytes=n * 2**20))  # fmt: skip
+    st = styles(points)
+    assert st["lsg-norm"]["color"] == st["lsg-pooling"]["color"] != st["yoso-lsh"]["color"]
+    assert st["lsg-norm"]["marker"] != st["lsg-pooling"]["marker"]
+    assert st["hf-yoso"]["color"] == st["yoso-lsh"]["color"] and st["hf-yoso"]["linestyle"] == "--"
+    assert st["yoso-lsh"]["linestyle"] == "-"
+    assert len({s["color"] for s in st.values()}) == 3  # lsg, yoso, softmax
+    notes = _missing_notes([p for p in points if p["status"] != "ok"])
+    assert notes == ["not plotted (did not run):", "  hf-yoso · train · n=2,048: OOM — out of memory"]
+    result = {"points": points, "options": {"scope": "layer"}, "machine": {"cpu": "test", "torch": "x"}}
+    plot(result, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
@@ -318,7 +345,7 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     code, _, err = run(["benchmark", *TINY, "--lengths", "32", "--plot", str(tmp_path / "x.png")], capsys)
-    assert code == 2 and "pip install 'longattn[plot]'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
