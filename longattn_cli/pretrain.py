@@ -111,11 +111,12 @@ def fresh_config(
 
 def scratch_config(m, d, tokenizer=None):
     """The :class:`LongAttnConfig` of a model pretrained from scratch (``model.vocab_size`` without a tokenizer)."""
+    attention, settings = m.scratch_attention()
     return fresh_config(
         tokenizer,
         d.max_length,
-        m.attention,
-        m.attention_settings,
+        attention,
+        settings,
         vocab_size=m.vocab_size,
         hidden_size=m.hidden_size,
         num_hidden_layers=m.num_hidden_layers,
@@ -289,14 +290,22 @@ def _closing_report(model, evaluate, train_blocks, held_out, tokenizer, d):
 
 
 def sample_sentences(held_out, tokenizer, column: str, train_blocks, count: int = 4):
-    """A few held-out sentences, each with the most frequent whole word of at least four letters (one token)
-    masked: ``[(masked text, answer)]``."""
+    """A few held-out sentences of plain prose, each with its most frequent word masked: ``[(masked text,
+    answer)]``. The corpus's most frequent word is never the one masked: a model that knows only
+    frequencies predicts it everywhere, so getting it right would show nothing."""
     import re
 
     freq: dict[int, int] = {}
     for i in range(min(len(train_blocks), 64)):
         for t in train_blocks[i]["input_ids"]:
             freq[t] = freq.get(t, 0) + 1
+
+    def word_id(word: str) -> int | None:
+        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+
+    words = [t for t in sorted(freq, key=freq.get, reverse=True) if tokenizer.decode([t]).strip().isalpha()]
+    commonest = words[0] if words else None
     out = []
     for doc in held_out[column]:
         sentence = re.split(r"(?<=[.!?])\s", " ".join((doc or "").split()))[0]
@@ -305,10 +314,10 @@ def sample_sentences(held_out, tokenizer, column: str, train_blocks, count: int 
         ):
             continue  # plain prose only: no headings, markup or code
         best = None
-        for match in re.finditer(r"(?<= )[A-Za-z]{4,}\b", sentence):
-            ids = tokenizer(" " + match.group(), add_special_tokens=False)["input_ids"]
-            if len(ids) == 1 and (best is None or freq.get(ids[0], 0) > best[0]):
-                best = (freq.get(ids[0], 0), match)
+        for match in re.finditer(r"(?<= )[A-Za-z]{2,}\b", sentence):
+            t = word_id(match.group())
+            if t is not None and t != commonest and (best is None or freq.get(t, 0) > best[0]):
+                best = (freq.get(t, 0), match)
         if best is None:
             continue
         match = best[1]
@@ -339,8 +348,8 @@ def predict_samples(model, tokenizer, samples) -> dict[str, str]:
         logits = model(**enc).logits[0, where]
         top = [tokenizer.decode([t]) for t in logits.topk(3).indices.tolist()]
         top = [t.strip() or repr(t) for t in top]  # a newline or space shown as such
-        mark = "✓" if top[0] == answer else "✗"
-        rows[f"sample {i}"] = f"{_around(text, tokenizer.mask_token)} → {' · '.join(top)} {mark} ({answer})"
+        mark = "✓" if top[0] == answer else f"✗ {answer}"
+        rows[f"sample {i}"] = f"{_around(text, tokenizer.mask_token)} → {' · '.join(top)}  {mark}"
     return rows
 
 

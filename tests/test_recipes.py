@@ -47,7 +47,7 @@ def test_recipe_builds(path):
         assert config.max_sequence_length == recipe.data.max_length
         with torch.device("meta"):  # the whole model, without allocating its weights
             model = LongAttnForMaskedLM(config)
-        assert model.config.attention == (recipe.model.attention or "softmax")
+        assert model.config.attention == recipe.model.scratch_attention()[0]
     if kind == "finetune" and recipe.model.scratch:
         from longattn_cli.modeling import HEADS
         from longattn_cli.pretrain import fresh_config
@@ -70,7 +70,7 @@ def test_recipe_builds(path):
 def test_overrides_win_and_unknown_keys_list_the_valid_ones():
     recipe = load_recipe(
         "pretrain",
-        ROOT / "recipes/pretrain/default.yaml",
+        ROOT / "recipes/pretrain/small-softmax.yaml",
         parse_overrides(
             ["training.max_steps=7", "model.attention_settings.implementation=eager", "data.max_length=128"]
         ),
@@ -84,7 +84,7 @@ def test_overrides_win_and_unknown_keys_list_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown recipe key 'optimizer'; valid keys: model, data, training"):
         load_recipe("pretrain", None, {"optimizer.lr": 3})
     with pytest.raises(
-        UserError, match=r"unknown setting\(s\) heads for attention 'softmax'; valid: implementation"
+        UserError, match=r"unknown setting\(s\) heads for attention 'nystrom'; valid: conv_kernel_size"
     ):
         load_recipe("pretrain", None, {"model.attention_settings.heads": 3})
 
