@@ -18,6 +18,18 @@ from longattn_cli.benchmark_status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
+# `longattn benchmark` with no choice of lengths or candidates: one variant per mechanism and the references,
+# short timing, a few minutes on 2 CPU cores. FULL_COMMAND is the whole sweep it stands for.
+QUICK = dict(
+    lengths=[1024, 2048, 4096],
+    attention="softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd",
+    reference=True,
+    repeats=2,
+    min_time=0.0,
+    time_budget=10.0,
+)
+FULL_COMMAND = "longattn benchmark --attention all --reference --lengths 512,1024,2048,4096,8192,16384"
+TIMING = dict(repeats=5, min_time=1.0, time_budget=120.0)  # what an explicit sweep times with
 SCOPES = ("layer", "model")
 MODES = {"forward": ("forward",), "train": ("train",), "both": ("forward", "train")}
 
@@ -148,7 +160,8 @@ def select_candidates(attention: str | None, overrides: dict[str, Any], referenc
     from longattn_cli.attention.settings import available, make_settings, settings_class
 
     table = variants()
-    wanted = [w.strip() for w in (attention or "").split(",") if w.strip()] or list(table)
+    wanted = [w.strip() for w in (attention or "").split(",") if w.strip() and w.strip() != "all"]
+    wanted = wanted or list(table)
     picked: dict[str, tuple[str, dict[str, Any]]] = {}
     for w in wanted:
         if w in table:
@@ -157,7 +170,8 @@ def select_candidates(attention: str | None, overrides: dict[str, Any], referenc
             picked.update({lab: v for lab, v in table.items() if v[0] == w})
         else:
             raise UserError(
-                f"unknown attention {w!r}; valid labels: {', '.join(table)}; mechanisms: {', '.join(available())}"
+                f"unknown attention {w!r}; valid labels: {', '.join(table)}; mechanisms: {', '.join(available())}; "
+                "or all"
             )
     fields = {name: {f.name for f in dataclasses.fields(settings_class(name))} for name, _ in picked.values()}
     unused = sorted(k for k in overrides if not any(k in f for f in fields.values()))
@@ -203,6 +217,21 @@ def list_candidates() -> None:
         refs = ", ".join(r.label for r in REFERENCES.get(name, []))
         table.add_row(label, name, ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults", refs)
     Console().print(table)
+
+
+def resolve_defaults(lengths, attention, reference, repeats, min_time, time_budget) -> dict[str, Any]:
+    """The sweep's options where the command line left them out (None): the quick sweep (:data:`QUICK`)
+    when neither lengths nor candidates were chosen, else every default length and the full timing."""
+    quick = lengths is None and attention is None
+    given = dict(
+        lengths=lengths, attention=attention, reference=reference or None, repeats=repeats, min_time=min_time,
+        time_budget=time_budget,
+    )  # fmt: skip
+    base = QUICK if quick else dict(TIMING, lengths=None, attention=attention, reference=False)
+    out = {k: (v if v is not None else base.get(k)) for k, v in given.items()}
+    out["lengths"] = parse_lengths(out["lengths"]) if not isinstance(out["lengths"], list) else out["lengths"]
+    out["quick"] = quick
+    return out
 
 
 def parse_lengths(text: str | None) -> list[int]:

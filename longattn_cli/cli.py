@@ -121,11 +121,15 @@ def benchmark_cmd(
         help="layer (one attention sublayer: q/k/v, mechanism, output, norm) or model (whole encoder).",
     ),
     mode: str = typer.Option("both", help="forward (inference), train (forward+backward) or both."),
-    lengths: str = typer.Option(None, help="Comma-separated sequence lengths (default: 512,1024,...,16384)."),
+    lengths: str = typer.Option(
+        None,
+        help="Comma-separated sequence lengths (default: 512,1024,...,16384; with no --attention either: the "
+        "quick sweep, 1024..8192, one variant per mechanism and the references, 3 timed steps).",
+    ),
     attention: str = typer.Option(
         None,
         "--attention",
-        help="Comma-separated variant labels or mechanism names (default: every registered variant).",
+        help="Comma-separated variant labels or mechanism names, or all (default: every registered variant).",
     ),
     settings: list[str] = typer.Option(
         None,
@@ -133,9 +137,10 @@ def benchmark_cmd(
         help="Override a setting of every selected mechanism that has it, key=value (repeatable).",
     ),
     reference: bool = typer.Option(
-        False,
+        None,
         "--reference",
-        help="Also measure transformers' RoBERTa (sdpa), YOSO and Nyströmformer where they run.",
+        help="Also measure transformers' RoBERTa (sdpa), YOSO and Nyströmformer where they run (on in the "
+        "quick sweep).",
     ),
     batch: int = typer.Option(1, help="Batch size."),
     heads: int = typer.Option(None, help="Attention heads (default: the model size's)."),
@@ -157,13 +162,19 @@ def benchmark_cmd(
     ),
     threads: int = typer.Option(None, help="CPU threads for torch (default: torch's)."),
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
-    repeats: int = typer.Option(5, help="Timed steps per point, at least (median and quartiles reported)."),
+    repeats: int = typer.Option(
+        None,
+        help="Timed steps per point, at least (median and quartiles reported; default 5, quick sweep 3).",
+    ),
     min_time: float = typer.Option(
-        1.0, help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps)."
+        None,
+        help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps; "
+        "default 1, quick sweep 0).",
     ),
     time_budget: float = typer.Option(
-        120.0,
-        help="Seconds a point may take (0: no limit); longer lengths of a mechanism that runs over are skipped.",
+        None,
+        help="Seconds a point may take (0: no limit; default 120, quick sweep 20); longer lengths of a "
+        "mechanism that runs over are skipped.",
     ),
     memory_limit: float = typer.Option(
         None, help="GB a point may allocate on CPU before it counts as OOM (default: 90% of free memory)."
@@ -194,15 +205,18 @@ def benchmark_cmd(
         benchmark.list_candidates()
         return
 
+    chosen = benchmark.resolve_defaults(lengths, attention, reference, repeats, min_time, time_budget)
     opts = benchmark.BenchmarkOptions(
-        scope=scope, mode=mode, lengths=benchmark.parse_lengths(lengths), attention=attention,
-        settings=parse_overrides(settings), reference=reference, batch=batch, heads=heads, head_dim=head_dim,
+        scope=scope, mode=mode, lengths=chosen["lengths"], attention=chosen["attention"],
+        settings=parse_overrides(settings), reference=chosen["reference"], batch=batch, heads=heads, head_dim=head_dim,
         layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, dropout=dropout, threads=threads,
-        warmup=warmup, repeats=repeats, min_time=min_time, time_budget=time_budget or None, memory_limit_gb=memory_limit,
-        isolate=isolate, seed=seed,
+        warmup=warmup, repeats=chosen["repeats"], min_time=chosen["min_time"], time_budget=chosen["time_budget"] or None,
+        memory_limit_gb=memory_limit, isolate=isolate, seed=seed,
     )  # fmt: skip
     try:
         benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
+        if chosen["quick"]:
+            print(f"This was the quick sweep. The full one (much longer): {benchmark.FULL_COMMAND}")
     except KeyboardInterrupt:
         written = ", ".join(p for p in (json_path, csv_path, plot_path) if p)
         print(f"interrupted{'; partial results in ' + written if written else ''}", file=sys.stderr)

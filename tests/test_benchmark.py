@@ -438,3 +438,27 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
     for word in ("lsg-block_stride", "hf-nystromformer", "÷SDPA t/m", "status", "unavailable [1]", "OOM [2]"):
         assert word in text, (word, text)
     assert "[1] hf-nystromformer: transformers' Nystromformer needs the length" in text
+
+
+def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monkeypatch):
+    """One variant per mechanism with the references and short timing, then the command of the full sweep."""
+    from longattn_cli import benchmark
+
+    quick = benchmark.resolve_defaults(None, None, None, None, None, None)
+    assert quick["quick"] and quick["lengths"] == [1024, 2048, 4096, 8192] and quick["reference"]
+    assert quick["attention"] == "softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd" and quick["repeats"] == 3
+    full = benchmark.resolve_defaults("1024", None, None, None, None, None)
+    assert not full["quick"] and full["repeats"] == 5 and full["min_time"] == 1.0 and not full["reference"]
+    assert full["lengths"] == [1024] and full["attention"] is None  # every variant
+    mine = benchmark.resolve_defaults(None, "nystrom", True, 2, 0.0, 0)
+    assert not mine["quick"] and mine["lengths"] == list(benchmark.DEFAULT_LENGTHS) and mine["repeats"] == 2
+
+    monkeypatch.setitem(benchmark.QUICK, "lengths", [32])  # the quick sweep itself, on the tiny shape
+    code, out, err = run(
+        ["benchmark", *TINY, "--mode", "forward", "--no-isolate", "--json", str(tmp_path / "q.json")], capsys
+    )
+    assert code == 0, err
+    data = json.loads((tmp_path / "q.json").read_text())
+    labels = {p["label"] for p in data["points"]}
+    assert {"softmax-sdpa", "nystrom", "lsg-norm", "yoso-lsh-ebwd", "hf-roberta-sdpa"} <= labels
+    assert "lsg-pooling" not in labels and "The full one" in out and benchmark.FULL_COMMAND in out
