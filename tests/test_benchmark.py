@@ -445,8 +445,8 @@ def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monke
     from longattn_cli import benchmark
 
     quick = benchmark.resolve_defaults(None, None, None, None, None, None)
-    assert quick["quick"] and quick["lengths"] == [1024, 2048, 4096, 8192] and quick["reference"]
-    assert quick["attention"] == "softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd" and quick["repeats"] == 3
+    assert quick["quick"] and quick["lengths"] == [1024, 2048, 4096] and quick["reference"]
+    assert quick["attention"] == "softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd" and quick["repeats"] == 2
     full = benchmark.resolve_defaults("1024", None, None, None, None, None)
     assert not full["quick"] and full["repeats"] == 5 and full["min_time"] == 1.0 and not full["reference"]
     assert full["lengths"] == [1024] and full["attention"] is None  # every variant
