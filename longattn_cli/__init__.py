@@ -1,13 +1,13 @@
 """longattn: transformer encoders with efficient long-sequence attention.
 
 Importing the package registers the ``longattn`` model family with transformers' Auto classes (as soon as
-transformers is imported; see :mod:`longattn_cli.autoregister`), and is itself cheap: torch and transformers
+transformers is imported; see :mod:`longattn_cli.models.autoregister`), and is itself cheap: torch and transformers
 load only when a model is used.
 """
 
 __version__ = "0.1.0"
 
-from longattn_cli import autoregister as _autoregister  # noqa: E402
+from longattn_cli.models import autoregister as _autoregister  # noqa: E402
 
 _autoregister.install()
 
@@ -22,7 +22,7 @@ _MODELS = (
 
 def __getattr__(name: str):
     if name in _MODELS:
-        from longattn_cli import modeling
+        from longattn_cli.models import modeling
 
         return getattr(modeling, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,7 @@ def fill_mask_cmd(
 ):
     """Predict the masked tokens of one or more texts."""
     from longattn_cli import fill_mask
-    from longattn_cli.config import parse_overrides
+    from longattn_cli.training.config import parse_overrides
 
     results = fill_mask.predict(
         texts,
@@ -198,8 +198,8 @@ def benchmark_cmd(
     ),
 ):
     """Time and peak memory of every attention mechanism against sequence length."""
-    from longattn_cli import benchmark
-    from longattn_cli.config import parse_overrides
+    from longattn_cli.bench import sweep as benchmark
+    from longattn_cli.training.config import parse_overrides
 
     if list_variants:
         benchmark.list_candidates()
@@ -270,9 +270,9 @@ def convert_cmd(
     """Make a RoBERTa/BERT-family model long: tiled positions, LSG (or other) attention, global tokens."""
     from rich.console import Console
 
-    from longattn_cli import convert
-    from longattn_cli.config import parse_overrides
     from longattn_cli.errors import UserError
+    from longattn_cli.models import convert
+    from longattn_cli.training.config import parse_overrides
 
     values = parse_overrides(settings)
     flags = {
@@ -325,7 +325,7 @@ def _train(
 ) -> None:
     import os
 
-    from longattn_cli.config import describe, load_recipe, parse_overrides
+    from longattn_cli.training.config import describe, load_recipe, parse_overrides
 
     # Bad data becomes one line of ours, not library logs (read when datasets is imported, by the run).
     os.environ.setdefault("DATASETS_VERBOSITY", "critical")
@@ -345,9 +345,9 @@ def _train(
         print(describe(loaded), end="")
         return
     if kind == "pretrain":
-        from longattn_cli.pretrain import run
+        from longattn_cli.training.pretrain import run
     else:
-        from longattn_cli.finetune import run
+        from longattn_cli.training.finetune import run
     code = run(loaded)
     if code:
         sys.exit(code)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import run_cli as run
 
-from longattn_cli import benchmark
 from longattn_cli.attention import available
-from longattn_cli.benchmark_point import measure
+from longattn_cli.bench import sweep as benchmark
+from longattn_cli.bench.point import measure
 from longattn_cli.testing import tiny_reference
 
 # Tiny shapes, one warm-up and one timed step: these tests check what is measured and reported, not speed.
@@ -146,7 +146,7 @@ WORKER_SPEC = dict(scope="layer", mode="forward", n=32, batch=1, device="cpu", d
 def test_worker_reports_oom_and_kills_an_overrun():
     """The child process: an allocation above its memory cap is a real out-of-memory failure reported as OOM,
     and a point past its budget (here: no allowance for building the module) is killed."""
-    from longattn_cli.benchmark_worker import Worker
+    from longattn_cli.bench.worker import Worker
 
     worker = Worker(memory_limit=64 * 2**20, grace=0.0)
     try:
@@ -165,7 +165,7 @@ def test_worker_reports_oom_and_kills_an_overrun():
 
 @pytest.mark.slow  # three child process starts
 def test_worker_restarts_after_a_kill():
-    from longattn_cli.benchmark_worker import Worker
+    from longattn_cli.bench.worker import Worker
 
     worker = Worker(grace=0.0)
     try:
@@ -248,7 +248,7 @@ def test_train_mode_without_dropout(tmp_path, capsys):
 
 def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
     """Ctrl-C during the second point: the first is in the files, and the exit code is 130."""
-    from longattn_cli import benchmark_point
+    from longattn_cli.bench import point as benchmark_point
 
     calls = []
 
@@ -315,7 +315,7 @@ def test_plot(tmp_path, capsys):
 def test_plot_styles_and_notes(tmp_path):
     """One colour per mechanism, a marker per variant, references dashed in their mechanism's colour; what
     did not run is listed under the figure."""
-    from longattn_cli.benchmark_report import _missing_notes, plot, styles
+    from longattn_cli.bench.report import _missing_notes, plot, styles
 
     labels = [("lsg-norm", "ours", "lsg"), ("lsg-pooling", "ours", "lsg"), ("yoso-lsh", "ours", "yoso"),
               ("yoso-lsh-ebwd", "ours", "yoso"), ("hf-yoso", "reference", "yoso"),
@@ -387,7 +387,7 @@ def test_table_shows_messages_verbatim():
     """Allocator messages carry brackets; they must print as text, not vanish as rich markup."""
     from rich.console import Console
 
-    from longattn_cli.benchmark_report import group_table
+    from longattn_cli.bench.report import group_table
 
     point = dict(label="x[1]", kind="ours", scope="layer", mode="forward", n=64, batch=1, status="OOM",
                  message="RuntimeError: [enforce fail at alloc_cpu.cpp:127] can't allocate memory")  # fmt: skip
@@ -411,7 +411,7 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
     """Every column of a train-mode group at 80 columns, long messages as footnotes, labels whole."""
     from rich.console import Console
 
-    from longattn_cli.benchmark_report import group_table, summary_tables
+    from longattn_cli.bench.report import group_table, summary_tables
 
     base = dict(kind="ours", scope="layer", mode="train", n=16384, batch=1)
     ok = dict(base, status="ok", time_s=12.345, time_q1_s=12.1, time_q3_s=12.6, tokens_per_s=1327.0,
@@ -442,7 +442,7 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
 
 def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monkeypatch):
     """One variant per mechanism with the references and short timing, then the command of the full sweep."""
-    from longattn_cli import benchmark
+    from longattn_cli.bench import sweep as benchmark
 
     quick = benchmark.resolve_defaults(None, None, None, None, None, None)
     assert quick["quick"] and quick["lengths"] == [1024, 2048, 4096] and quick["reference"]

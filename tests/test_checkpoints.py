@@ -6,9 +6,9 @@ from torch.testing import assert_close
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 import longattn_cli  # noqa: F401  (registers the family)
-from longattn_cli.checkpoints import export_roberta, load_model
 from longattn_cli.errors import UserError
-from longattn_cli.modeling import LongAttnForMaskedLM, LongAttnModel
+from longattn_cli.models.checkpoints import export_roberta, load_model
+from longattn_cli.models.modeling import LongAttnForMaskedLM, LongAttnModel
 from longattn_cli.testing import tiny_reference
 
 TEXTS = [

@@ -10,10 +10,10 @@ from torch.testing import assert_close
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import longattn_cli  # noqa: F401  (registers the family)
-from longattn_cli.checkpoints import load_model
-from longattn_cli.convert import convert, global_position_rows
 from longattn_cli.errors import UserError
 from longattn_cli.fill_mask import predict
+from longattn_cli.models.checkpoints import load_model
+from longattn_cli.models.convert import convert, global_position_rows
 from longattn_cli.testing import tiny_lsg_checkpoint, tiny_reference
 
 LSG = {"block_size": 16, "sparse_block_size": 16, "num_global_tokens": 3}

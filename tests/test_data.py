@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from longattn_cli.config import load_recipe
-from longattn_cli.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
 from longattn_cli.errors import UserError
-from longattn_cli.sampling import Order
 from longattn_cli.testing import python_docs_text
+from longattn_cli.training.config import load_recipe
+from longattn_cli.training.data import MaskingCollator, check_column, load_raw, pack, source_fingerprint
+from longattn_cli.training.sampling import Order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

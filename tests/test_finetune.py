@@ -9,11 +9,11 @@ import torch
 from helpers import run_cli
 from safetensors.torch import load_file
 
-from longattn_cli.checkpoints import load_model
-from longattn_cli.config import load_recipe, parse_overrides
-from longattn_cli.finetune import run
-from longattn_cli.metrics import compute, macro_f1
+from longattn_cli.models.checkpoints import load_model
 from longattn_cli.testing import python_docs_text, tiny_reference
+from longattn_cli.training.config import load_recipe, parse_overrides
+from longattn_cli.training.finetune import run
+from longattn_cli.training.metrics import compute, macro_f1
 
 WORDS = ["loop", "class", "return", "import", "yield", "lambda"]
 

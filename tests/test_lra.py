@@ -206,8 +206,8 @@ def test_every_task_and_mechanism_has_an_lra_recipe():
 @pytest.mark.parametrize("path", LRA_RECIPES, ids=lambda p: p.stem)
 def test_lra_recipe_smoke_run(path, lra_data, tmp_path):
     """Each LRA recipe trains from scratch (tiny data, 2 steps) and its run reports a test accuracy."""
-    from longattn_cli import finetune
-    from longattn_cli.config import load_recipe
+    from longattn_cli.training import finetune
+    from longattn_cli.training.config import load_recipe
 
     task = path.stem.split("-")[0]
     overrides = {

@@ -9,8 +9,8 @@ import torch
 from torch.testing import assert_close
 
 from longattn_cli.attention import build_attention, make_settings
-from longattn_cli.checkpoints import load_model
 from longattn_cli.errors import UserError
+from longattn_cli.models.checkpoints import load_model
 from longattn_cli.testing import tiny_lsg_checkpoint, tiny_reference
 
 DETERMINISTIC = ["norm", "pooling", "bos_pooling", "stride", "block_stride", "none"]
@@ -350,7 +350,7 @@ def test_dense_checkpoint_with_lsg_attention_points_to_convert(tmp_path, bpe_dir
 
 @pytest.mark.parametrize("kind", ["norm", "bos_pooling"])
 def test_lsg_model_left_and_right_padding(kind):
-    from longattn_cli.modeling import LongAttnConfig, LongAttnForMaskedLM
+    from longattn_cli.models.modeling import LongAttnConfig, LongAttnForMaskedLM
 
     torch.manual_seed(0)
     cfg = LongAttnConfig(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longattn_cli.checkpoints import load_model
+from longattn_cli.models.checkpoints import load_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lsg_published"
 KINDS = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")

@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from longattn_cli.errors import UserError
-from longattn_cli.modeling import (
+from longattn_cli.models.modeling import (
     LongAttnConfig,
     LongAttnForMaskedLM,
     LongAttnForSequenceClassification,

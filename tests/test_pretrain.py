@@ -11,10 +11,10 @@ from helpers import TINY_PRETRAIN
 from helpers import run_cli as cli
 from safetensors.torch import load_file
 
-from longattn_cli.config import load_recipe
 from longattn_cli.fill_mask import predict
-from longattn_cli.pretrain import run
 from longattn_cli.testing import python_docs_text, tiny_reference
+from longattn_cli.training.config import load_recipe
+from longattn_cli.training.pretrain import run
 
 TINY = [*TINY_PRETRAIN, "training.warmup_steps=2", "training.log_every=1"]
 
@@ -156,7 +156,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, cac
 def test_packed_data_is_cached_and_reused(tmp_path, corpus, cache):
     from accelerate import Accelerator
 
-    from longattn_cli.pretrain import build
+    from longattn_cli.training.pretrain import build
 
     recipe = load_recipe("pretrain", None, _ov(args(tmp_path, corpus, tmp_path / "cache")))
     first = build(recipe, Accelerator())
@@ -177,7 +177,7 @@ def test_packed_data_is_cached_and_reused(tmp_path, corpus, cache):
 
 
 def _ov(items):
-    from longattn_cli.config import parse_overrides
+    from longattn_cli.training.config import parse_overrides
 
     return parse_overrides(items)
 
@@ -319,7 +319,7 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
 
 
 def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
-    from longattn_cli.train import Stop
+    from longattn_cli.training.train import Stop
 
     with Stop() as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -409,7 +409,7 @@ def test_held_out_documents_give_the_closing_report(tmp_path, corpus, cache, cap
 def test_unigram_baseline_by_hand(bpe_dir):
     from transformers import AutoTokenizer
 
-    from longattn_cli.pretrain import unigram_loss
+    from longattn_cli.training.pretrain import unigram_loss
 
     tok = AutoTokenizer.from_pretrained(bpe_dir)
     a, b = 10, 11  # two ordinary tokens; the special ones are left out of counts and targets

@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from longattn_cli.attention import available
-from longattn_cli.config import load_recipe, parse_overrides
 from longattn_cli.errors import UserError
+from longattn_cli.training.config import load_recipe, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
@@ -40,8 +40,8 @@ def test_recipe_builds(path):
         pytest.skip(f"attention mechanism {mechanism!r} is not registered in this branch")
     recipe = load_recipe(kind, path)
     if kind == "pretrain" and not recipe.model.source:
-        from longattn_cli.modeling import LongAttnForMaskedLM
-        from longattn_cli.pretrain import scratch_config
+        from longattn_cli.models.modeling import LongAttnForMaskedLM
+        from longattn_cli.training.pretrain import scratch_config
 
         config = scratch_config(recipe.model, recipe.data)
         assert config.max_sequence_length == recipe.data.max_length
@@ -49,8 +49,8 @@ def test_recipe_builds(path):
             model = LongAttnForMaskedLM(config)
         assert model.config.attention == recipe.model.scratch_attention()[0]
     if kind == "finetune" and recipe.model.scratch:
-        from longattn_cli.modeling import HEADS
-        from longattn_cli.pretrain import fresh_config
+        from longattn_cli.models.modeling import HEADS
+        from longattn_cli.training.pretrain import fresh_config
 
         config = fresh_config(
             None,
@@ -98,7 +98,7 @@ def test_finetune_keeps_its_own_defaults_when_a_section_is_given_in_part():
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_printed_recipe_documents_every_key_and_loads_back(kind, tmp_path):
-    from longattn_cli.config import describe
+    from longattn_cli.training.config import describe
 
     recipe = load_recipe(
         kind, None, {"model.source": "some/dir", "data.source": "train.csv"} if kind == "finetune" else {}

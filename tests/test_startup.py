@@ -7,14 +7,14 @@ import pytest
 
 ORDERS = {
     "ours first, then transformers' Auto classes": "import longattn_cli\nfrom transformers import AutoConfig, AutoModelForMaskedLM",
-    "ours first, then our model module": "import longattn_cli\nfrom longattn_cli.modeling import LongAttnForMaskedLM\nfrom transformers import AutoConfig, AutoModelForMaskedLM",
+    "ours first, then our model module": "import longattn_cli\nfrom longattn_cli.models.modeling import LongAttnForMaskedLM\nfrom transformers import AutoConfig, AutoModelForMaskedLM",
     "transformers first": "from transformers import AutoConfig, AutoModelForMaskedLM\nimport longattn_cli",
     "the pipeline only": "import longattn_cli\nfrom transformers import pipeline\nfrom transformers import AutoConfig, AutoModelForMaskedLM",
 }
 CHECK = """
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
-from longattn_cli.modeling import LongAttnConfig, LongAttnForMaskedLM
+from longattn_cli.models.modeling import LongAttnConfig, LongAttnForMaskedLM
 assert CONFIG_MAPPING["longattn"] is LongAttnConfig
 assert MODEL_FOR_MASKED_LM_MAPPING[LongAttnConfig] is LongAttnForMaskedLM
 """
@@ -27,7 +27,9 @@ def test_auto_classes_are_registered_in_any_import_order(order):
 
 
 def test_importing_the_package_and_the_cli_loads_no_torch_or_transformers():
-    code = "import sys, longattn_cli, longattn_cli.cli, longattn_cli.config, longattn_cli.attention\n"
+    code = (
+        "import sys, longattn_cli, longattn_cli.cli, longattn_cli.training.config, longattn_cli.attention\n"
+    )
     code += (
         "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))"
     )

@@ -25,9 +25,9 @@ from longattn_cli.attention.yoso import (
     hash_codes,
     weighted_cumulate,
 )
-from longattn_cli.checkpoints import load_model
 from longattn_cli.cli import main
 from longattn_cli.errors import UserError
+from longattn_cli.models.checkpoints import load_model
 from longattn_cli.testing import tiny_reference
 
 
@@ -85,7 +85,7 @@ def test_defaults_are_transformers_yoso_config():
     from transformers import YosoConfig
 
     ref, ours = YosoConfig(), YosoSettings()
-    from longattn_cli.checkpoints import YOSO_SETTINGS
+    from longattn_cli.models.checkpoints import YOSO_SETTINGS
 
     for name in YOSO_SETTINGS:  # the settings an imported YOSO checkpoint carries over
         assert getattr(ours, name) == getattr(ref, name), name

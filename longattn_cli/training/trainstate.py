@@ -202,7 +202,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def load_weights(model, path: Path) -> None:
     """Load a checkpoint's weights into ``model`` in place (tied weights are re-tied)."""
-    from longattn_cli.checkpoints import read_state_dict
+    from longattn_cli.models.checkpoints import read_state_dict
 
     result = model.load_state_dict(read_state_dict(path), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})

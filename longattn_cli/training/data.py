@@ -274,7 +274,7 @@ def load_tokenizer(source: str):
             return AutoTokenizer.from_pretrained(path)
         except Exception as exc:
             raise UserError(f"no usable tokenizer in {source}: {_first_line(exc)}") from None
-    from longattn_cli.checkpoints import load_tokenizer as from_checkpoint
+    from longattn_cli.models.checkpoints import load_tokenizer as from_checkpoint
 
     return from_checkpoint(source)
 

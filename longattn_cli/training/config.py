@@ -210,7 +210,7 @@ def _check_scratch(scratch: dict[str, Any]) -> None:
         return
     import inspect
 
-    from longattn_cli.modeling import LongAttnConfig
+    from longattn_cli.models.modeling import LongAttnConfig
 
     valid = sorted(set(inspect.signature(LongAttnConfig.__init__).parameters) - _DERIVED)
     unknown = sorted(set(scratch) - set(valid))

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from longattn_cli import trainstate
-from longattn_cli.config import to_dict
 from longattn_cli.errors import UserError
-from longattn_cli.progress import Reporter
-from longattn_cli.sampling import Order, StreamOrder
+from longattn_cli.training import trainstate
+from longattn_cli.training.config import to_dict
+from longattn_cli.training.progress import Reporter
+from longattn_cli.training.sampling import Order, StreamOrder
 
 
 @dataclasses.dataclass
@@ -128,7 +128,7 @@ def run(recipe, build: Callable[[Any, Any], Job], on_step: Callable[[int, Any], 
     """Train ``recipe`` with the job ``build(recipe, accelerator)`` returns.
 
     Args:
-        recipe: a :class:`~longattn_cli.config.PretrainRecipe` or :class:`~longattn_cli.config.FinetuneRecipe`.
+        recipe: a :class:`~longattn_cli.training.config.PretrainRecipe` or :class:`~longattn_cli.training.config.FinetuneRecipe`.
         build: ``(recipe, accelerator) -> Job``.
         on_step: called as ``on_step(step, model)`` after every optimizer step (for tests and extensions).
 

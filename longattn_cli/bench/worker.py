@@ -1,7 +1,7 @@
 """Benchmark points in a child process, so that a point that runs out of memory or time cannot take the sweep
 with it.
 
-The child (``python -m longattn_cli.benchmark_worker``) reads one JSON point per line on stdin and answers one
+The child (``python -m longattn_cli.bench.worker``) reads one JSON point per line on stdin and answers one
 JSON line per point on its own copy of stdout (anything else the libraries print goes to stderr). On CPU it
 caps its own data size (``RLIMIT_DATA``) at what it holds after start-up plus ``memory_limit`` bytes, so an
 oversized point fails with the allocator's "can't allocate memory" (reported as ``OOM``) instead of calling
@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from longattn_cli.benchmark_status import ERROR, OOM, TIMEOUT
+from longattn_cli.bench.status import ERROR, OOM, TIMEOUT
 
 EOF, SILENT = "eof", "silent"  # what Worker._read returns instead of an answer
 
@@ -49,7 +49,7 @@ def serve(threads: int | None, memory_limit: int | None) -> None:
     import torch
 
     import longattn_cli  # noqa: F401  (registers the model family; importing it registers the mechanisms)
-    from longattn_cli.benchmark_point import measure
+    from longattn_cli.bench.point import measure
 
     if threads:
         torch.set_num_threads(threads)
@@ -74,7 +74,7 @@ class InProcess:
             torch.set_num_threads(threads)
 
     def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from longattn_cli.benchmark_point import measure
+        from longattn_cli.bench.point import measure
 
         return measure(spec)
 
@@ -99,7 +99,7 @@ class Worker:
         cmd = [
             sys.executable,
             "-m",
-            "longattn_cli.benchmark_worker",
+            "longattn_cli.bench.worker",
             str(self.threads or 0),
             str(self.memory_limit or 0),
         ]

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from longattn_cli.benchmark_status import OK
+from longattn_cli.bench.status import OK
 from longattn_cli.errors import UserError
 
 STATUS_STYLE = {

@@ -1,6 +1,6 @@
 """``longattn finetune``: sequence classification (single-label, multi-label, regression) and token classification.
 
-Starts from any checkpoint ``longattn_cli.checkpoints.load_model`` reads (ours, RoBERTa, BERT, YOSO,
+Starts from any checkpoint ``longattn_cli.models.checkpoints.load_model`` reads (ours, RoBERTa, BERT, YOSO,
 Nyströmformer, LSG), optionally with another attention mechanism; evaluates on the validation data during
 training, keeps the best model (``OUTPUT/best``, then ``OUTPUT`` itself), and writes predictions for the test
 data (or the validation data when there is no test split) to ``OUTPUT/predictions.jsonl``.
@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from longattn_cli import data as D
-from longattn_cli import labels as L
-from longattn_cli import metrics as M
 from longattn_cli.errors import UserError
-from longattn_cli.pretrain import apply_freezing, check_fit
-from longattn_cli.train import Job
+from longattn_cli.training import data as D
+from longattn_cli.training import labels as L
+from longattn_cli.training import metrics as M
+from longattn_cli.training.pretrain import apply_freezing, check_fit
+from longattn_cli.training.train import Job
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -50,9 +50,9 @@ def load_split(d, value: str, what: str):
 def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = None):
     """The starting checkpoint with a head for ``labels`` (the source's own head when it already fits), or
     without ``model.source`` a new model of the ``model.scratch`` architecture."""
-    from longattn_cli.checkpoints import detect_head, load_model, read_config
     from longattn_cli.hub import resolve
-    from longattn_cli.modeling import HEADS
+    from longattn_cli.models.checkpoints import detect_head, load_model, read_config
+    from longattn_cli.models.modeling import HEADS
 
     fields = {
         "num_labels": labels.num_labels,
@@ -66,7 +66,7 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
         fields["attention_probs_dropout_prob"] = m.attention_dropout
     settings = m.attention_settings or None
     if not m.source:
-        from longattn_cli.pretrain import fresh_config
+        from longattn_cli.training.pretrain import fresh_config
 
         extra = {"attention_probs_dropout_prob": m.attention_dropout or 0.0}
         config = fresh_config(
@@ -270,7 +270,7 @@ def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_c
 
 
 def run(recipe, on_step=None) -> int:
-    """Fine-tune as ``recipe`` says; returns the exit code (see :func:`longattn_cli.train.run`)."""
-    from longattn_cli.train import run as train
+    """Fine-tune as ``recipe`` says; returns the exit code (see :func:`longattn_cli.training.train.run`)."""
+    from longattn_cli.training.train import run as train
 
     return train(recipe, build, on_step)

@@ -1,9 +1,9 @@
 """Measuring one benchmark point: build the module, time it, take its peak memory.
 
 A *point* is one (candidate, scope, mode, length) cell of a ``longattn benchmark`` sweep, described by a plain
-JSON-able dict so that it can cross a process boundary (see :mod:`longattn_cli.benchmark_worker`). This module
+JSON-able dict so that it can cross a process boundary (see :mod:`longattn_cli.bench.worker`). This module
 knows how to build what is measured and how to measure it; which points to run, and what to do with the
-results, is :mod:`longattn_cli.benchmark`'s business.
+results, is :mod:`longattn_cli.bench.sweep`'s business.
 
 What is measured:
     * ``layer`` scope: the attention sublayer as transformers' ``*Attention`` modules define it: q/k/v
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from longattn_cli.benchmark_status import ERROR, OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE  # noqa: F401
-from longattn_cli.modeling import LongAttnConfig, LongAttnLayer, LongAttnModel
+from longattn_cli.bench.status import ERROR, OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE  # noqa: F401
+from longattn_cli.models.modeling import LongAttnConfig, LongAttnLayer, LongAttnModel
 
 
 class AttentionBlock(nn.Module):
@@ -82,7 +82,7 @@ def _build_ours(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         mask = torch.ones(b, n, dtype=torch.bool, device=dev)  # a real model always passes a mask
         return module, lambda m: m(x, mask)
     if spec.get("model_dir"):
-        from longattn_cli.checkpoints import load_model
+        from longattn_cli.models.checkpoints import load_model
 
         module = load_model(
             spec["model_dir"],

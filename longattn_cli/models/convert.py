@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from longattn_cli.attention import get_mechanism
-from longattn_cli.checkpoints import load_model, load_tokenizer
 from longattn_cli.errors import UserError
-from longattn_cli.modeling import HEADS, LongAttnConfig
+from longattn_cli.models.checkpoints import load_model, load_tokenizer
+from longattn_cli.models.modeling import HEADS, LongAttnConfig
 
 POSITION_KEY = "embeddings.position_embeddings.weight"
 GLOBAL_KEY = "embeddings.global_embeddings.weight"

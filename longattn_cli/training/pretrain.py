@@ -1,6 +1,6 @@
 """``longattn pretrain``: masked-language-model pretraining of a long-sequence encoder.
 
-With no arguments it runs the embedded default recipe (the defaults of :class:`~longattn_cli.config.PretrainRecipe`,
+With no arguments it runs the embedded default recipe (the defaults of :class:`~longattn_cli.training.config.PretrainRecipe`,
 spelled out in ``recipes/pretrain/default.yaml``): a small 4,096-token model trained from scratch, with a
 byte-level BPE tokenizer trained on the way, on the English documentation that ships with CPython. No download.
 """
@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from longattn_cli import data as D
 from longattn_cli.errors import UserError
-from longattn_cli.train import Job
+from longattn_cli.training import data as D
+from longattn_cli.training.train import Job
 
 
 class MaskedLMObjective(nn.Module):
@@ -87,7 +87,7 @@ def fresh_config(
         attention: mechanism name (softmax when None); settings: its settings.
         fields: any other config field (hidden_size, num_hidden_layers, classifier_pooling...).
     """
-    from longattn_cli.modeling import LongAttnConfig
+    from longattn_cli.models.modeling import LongAttnConfig
 
     offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
     ids = {}
@@ -129,10 +129,10 @@ def scratch_config(m, d, tokenizer=None):
 
 def build_model(m, d, tokenizer):
     """From scratch (the recipe's architecture) or from ``model.source``, as a ``LongAttnForMaskedLM``."""
-    from longattn_cli.modeling import LongAttnForMaskedLM
+    from longattn_cli.models.modeling import LongAttnForMaskedLM
 
     if m.source:
-        from longattn_cli.checkpoints import load_model
+        from longattn_cli.models.checkpoints import load_model
 
         extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
         model = load_model(
@@ -157,7 +157,7 @@ def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) ->
             f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
             "lower it, or convert the model to a longer one with `longattn convert`"
         )
-    from longattn_cli.checkpoints import check_tokenizer
+    from longattn_cli.models.checkpoints import check_tokenizer
 
     check_tokenizer(config, tokenizer, tokenizer_name)
 
@@ -354,7 +354,7 @@ def predict_samples(model, tokenizer, samples) -> dict[str, str]:
 
 
 def run(recipe, on_step=None) -> int:
-    """Pretrain as ``recipe`` says; returns the exit code (see :func:`longattn_cli.train.run`)."""
-    from longattn_cli.train import run as train
+    """Pretrain as ``recipe`` says; returns the exit code (see :func:`longattn_cli.training.train.run`)."""
+    from longattn_cli.training.train import run as train
 
     return train(recipe, build, on_step)

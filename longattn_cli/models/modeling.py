@@ -1,7 +1,7 @@
 """The longattn model family: one post-LN transformer encoder whose attention is a plug-in.
 
 The family is registered with transformers' Auto classes under ``model_type = "longattn"`` (see
-``longattn_cli/autoregister.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
+``longattn_cli/models/autoregister.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
 ``pipeline("fill-mask", model=dir)`` work after ``import longattn_cli``.
 """
 
@@ -19,8 +19,8 @@ from transformers.modeling_outputs import (
 )
 
 from longattn_cli.attention import build_attention
-from longattn_cli.configuration import LongAttnConfig
 from longattn_cli.errors import UserError
+from longattn_cli.models.configuration import LongAttnConfig
 
 
 class LongAttnEmbeddings(nn.Module):
@@ -340,6 +340,6 @@ HEADS = {
 }
 
 
-from longattn_cli import autoregister  # noqa: E402
+from longattn_cli.models import autoregister  # noqa: E402
 
 autoregister.module_loaded(__name__)  # registrations that waited for this module to finish importing

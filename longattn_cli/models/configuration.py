@@ -115,6 +115,6 @@ class LongAttnConfig(PretrainedConfig):
         self.attention = name
 
 
-from longattn_cli import autoregister  # noqa: E402
+from longattn_cli.models import autoregister  # noqa: E402
 
 autoregister.module_loaded(__name__)  # registrations that waited for this module to finish importing

@@ -4,8 +4,8 @@ The sweep measures *candidates* (our mechanisms, one per labelled setting from e
 ``benchmark_variants()``, and with ``--reference`` transformers' own implementations) at every length, in one or
 both modes (forward; forward+backward), in one scope (one attention layer, or a whole model). Nothing here is
 specific to a mechanism except :data:`REFERENCES`, the table pairing a mechanism name with the transformers
-model a user would otherwise run. How one point is built and measured is :mod:`longattn_cli.benchmark_point`;
-the tables, files and plot are :mod:`longattn_cli.benchmark_report`.
+model a user would otherwise run. How one point is built and measured is :mod:`longattn_cli.bench.point`;
+the tables, files and plot are :mod:`longattn_cli.bench.report`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from longattn_cli.benchmark_status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
+from longattn_cli.bench.status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -309,8 +309,8 @@ class BenchmarkOptions:
 def model_shape(opts: BenchmarkOptions) -> tuple[dict[str, int], str | None]:
     """The encoder shape measured, and the resolved checkpoint directory (``--model``) if any."""
     if opts.model:
-        from longattn_cli.checkpoints import import_config
         from longattn_cli.hub import resolve
+        from longattn_cli.models.checkpoints import import_config
 
         directory = resolve(opts.model)
         fixed = [f"--{n.replace('_', '-')}" for n in ("heads", "head_dim", "layers") if getattr(opts, n)]
@@ -471,7 +471,7 @@ def run(
     Returns:
         ``{"machine": {...}, "options": {...}, "points": [...]}``, one point per (mode, length, candidate).
     """
-    from longattn_cli import benchmark_report as report
+    from longattn_cli.bench import report
 
     opts.check()
     if plot_path:
@@ -511,7 +511,7 @@ def run(
 
 def _sweep(result: dict[str, Any], specs: list, runner, device: str) -> None:
     """Measure every point in order, appending to ``result["points"]``, with the live table."""
-    from longattn_cli import benchmark_report as report
+    from longattn_cli.bench import report
 
     stopped: dict[tuple[str, str], str] = {}  # (label, mode) → the status that ended its sweep
     with report.LiveTable(result, len(specs)) as live:
@@ -539,7 +539,7 @@ def _sweep(result: dict[str, Any], specs: list, runner, device: str) -> None:
 
 def _runner(opts: BenchmarkOptions, device: str):
     """Measure in a child process (default) or in this one (``--no-isolate``: faster start, no hard kill)."""
-    from longattn_cli.benchmark_worker import InProcess, Worker
+    from longattn_cli.bench.worker import InProcess, Worker
 
     if not opts.isolate:
         return InProcess(opts.threads)

@@ -17,7 +17,7 @@ import torch
 
 from longattn_cli.errors import UserError
 from longattn_cli.hub import resolve
-from longattn_cli.modeling import HEADS, LongAttnConfig
+from longattn_cli.models.modeling import HEADS, LongAttnConfig
 
 # Config fields that carry over unchanged from BERT-like configs.
 _COMMON_FIELDS = (

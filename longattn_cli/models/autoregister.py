@@ -22,7 +22,7 @@ MODELING_UTILS = "transformers.modeling_utils"
 def _register_config() -> None:
     from transformers import AutoConfig
 
-    from longattn_cli.configuration import LongAttnConfig
+    from longattn_cli.models.configuration import LongAttnConfig
 
     AutoConfig.register("longattn", LongAttnConfig, exist_ok=True)
 
@@ -35,7 +35,7 @@ def _register_models() -> None:
         AutoModelForTokenClassification,
     )
 
-    from longattn_cli import modeling as m
+    from longattn_cli.models import modeling as m
 
     AutoModel.register(m.LongAttnConfig, m.LongAttnModel, exist_ok=True)
     AutoModelForMaskedLM.register(m.LongAttnConfig, m.LongAttnForMaskedLM, exist_ok=True)
@@ -61,7 +61,7 @@ def _ready(name: str) -> bool:
     return module is not None and not getattr(spec, "_initializing", False)
 
 
-OURS = ("longattn_cli.configuration", "longattn_cli.modeling")
+OURS = ("longattn_cli.models.configuration", "longattn_cli.models.modeling")
 
 
 def _run_ready(finished: str | None = None) -> None:
