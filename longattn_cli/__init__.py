@@ -20,12 +20,19 @@ _MODELS = (
 )
 
 
+_CHECKPOINTS = ("load_model", "load_tokenizer", "export_roberta")
+
+
 def __getattr__(name: str):
     if name in _MODELS:
         from longattn_cli.models import modeling
 
         return getattr(modeling, name)
+    if name in _CHECKPOINTS:
+        from longattn_cli.models import checkpoints
+
+        return getattr(checkpoints, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = list(_MODELS)
+__all__ = [*_MODELS, *_CHECKPOINTS]

@@ -36,3 +36,12 @@ def test_importing_the_package_and_the_cli_loads_no_torch_or_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_readme_names_keep_working():
+    import longattn_cli
+    from longattn_cli.checkpoints import export_roberta, load_model  # the path earlier READMEs showed
+    from longattn_cli.models import checkpoints
+
+    assert longattn_cli.load_model is load_model is checkpoints.load_model
+    assert longattn_cli.export_roberta is export_roberta is checkpoints.export_roberta
