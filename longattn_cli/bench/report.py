@@ -54,6 +54,20 @@ def _pair(a: float | None, b: float | None) -> str:
     return f"{'–' if a is None else f'{a:.2f}'}/{'–' if b is None else f'{b:.2f}'}"
 
 
+def _compact(title: str, caption: str, **spacing) -> Table:
+    """A table without side borders, title and caption on the left: what fits 80 columns."""
+    return Table(
+        title=title,
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        **spacing,
+    )
+
+
 def group_table(points: list[dict[str, Any]]) -> Group:
     """The points of one (scope, mode, length) group: one row per candidate, within 80 columns.
 
@@ -62,15 +76,10 @@ def group_table(points: list[dict[str, Any]]) -> Group:
     """
     p0 = points[0]
     what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
-    table = Table(
-        title=f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
-        caption="ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios",
-        title_justify="left",
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        padding=(0, 0),
-        show_edge=False,
+    table = _compact(
+        f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
+        "ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios",
+        padding=(0, 0),  # eight columns in 80: one space between them
     )
     for name in ("attention", "ms", "IQR", "tok/s", "MiB", "÷ref t/m", "÷SDPA t/m", "status"):
         table.add_column(name, justify="left" if name in ("attention", "status") else "right", no_wrap=True)
@@ -102,16 +111,7 @@ def summary_tables(points: list[dict[str, Any]]) -> list[Table]:
         rows = [p for p in points if p["scope"] == scope and p["mode"] == mode]
         lengths = sorted({p["n"] for p in rows})
         what = {"forward": "forward", "train": "forward+backward"}[mode]
-        table = Table(
-            title=f"{scope} · {what}",
-            caption="cells: median step ms / peak MiB",
-            title_justify="left",
-            caption_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
-            show_edge=False,
-        )
+        table = _compact(f"{scope} · {what}", "cells: median step ms / peak MiB", collapse_padding=True)
         table.add_column("attention", no_wrap=True)
         for n in lengths:
             table.add_column(f"{n:,}", justify="right", no_wrap=True)
