@@ -12,7 +12,7 @@ and ``__post_init__`` validates them. Names and settings need no torch; the clas
 
 from longattn_cli.attention.settings import AttentionSettings, available, make_settings
 
-_HEAVY = ("Attention", "build_attention", "get_mechanism", "register", "load_builtins")
+_HEAVY = ("Attention", "build_attention", "get_mechanism", "register")
 
 
 def __getattr__(name: str):

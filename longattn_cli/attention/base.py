@@ -76,9 +76,3 @@ def build_attention(
 ) -> Attention:
     """Instantiate mechanism ``name`` with validated settings."""
     return get_mechanism(name)(make_settings(name, settings), num_heads, head_dim, dropout)
-
-
-def load_builtins() -> None:
-    """Import every built-in mechanism (for code that walks the registry, e.g. the benchmark)."""
-    for name in BUILTIN_MODULES:
-        get_mechanism(name)

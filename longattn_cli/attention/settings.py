@@ -101,8 +101,9 @@ class YosoSettings(AttentionSettings):
         hash_code_len: τ, bits per hash; buckets per table are 2^τ and the weights are B = (1 - θ/π)^τ.
         num_hash: hashes averaged in LSH mode (ignored in expectation mode).
         use_expectation: compute the expectation exactly (O(n²) time) instead of sampling with LSH.
-        use_fast_hash: hash with three random ±1 diagonals and Walsh–Hadamard transforms (head_dim padded to
-            a power of two) instead of Gaussian random projections.
+        use_fast_hash: hash with three random ±1 diagonals and Walsh–Hadamard transforms (head_dim
+            zero-padded into a rotation at least 4× as wide; ``yoso.fast_hash_dim``) instead of Gaussian
+            random projections.
         lsh_backward: in LSH mode, compute gradients with weighted LSH cumulation (linear in n); otherwise
             with the expectation formula (O(n²) time, computed in row chunks so memory stays O(n)).
         conv_window: odd kernel size of a per-head depthwise convolution over the (masked) values added to

@@ -117,11 +117,3 @@ def install() -> None:
 def module_loaded(name: str) -> None:
     """Called at the end of our configuration and modeling modules: registrations that waited for them."""
     _run_ready(finished=name)
-
-
-def register_now() -> None:
-    """Import what the registration needs and register (for code that needs it done, e.g. the CLI)."""
-    import transformers.modeling_utils  # noqa: F401
-    import transformers.models.auto.modeling_auto  # noqa: F401
-
-    _run_ready()
