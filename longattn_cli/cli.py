@@ -11,6 +11,7 @@ try:  # typer >= 0.26 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_errors
 
+from longattn_cli.bench import QUICK
 from longattn_cli.errors import UserError
 
 app = typer.Typer(
@@ -124,7 +125,8 @@ def benchmark_cmd(
     lengths: str = typer.Option(
         None,
         help="Comma-separated sequence lengths (default: 512,1024,...,16384; with no --attention either: the "
-        "quick sweep, 1024..8192, one variant per mechanism and the references, 3 timed steps).",
+        f"quick sweep, {','.join(map(str, QUICK['lengths']))}, one variant per mechanism and the references, "
+        f"{QUICK['repeats']} timed steps).",
     ),
     attention: str = typer.Option(
         None,
@@ -164,17 +166,18 @@ def benchmark_cmd(
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
     repeats: int = typer.Option(
         None,
-        help="Timed steps per point, at least (median and quartiles reported; default 5, quick sweep 3).",
+        help=f"Timed steps per point, at least (median and quartiles reported; default 5, quick sweep "
+        f"{QUICK['repeats']}).",
     ),
     min_time: float = typer.Option(
         None,
         help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps; "
-        "default 1, quick sweep 0).",
+        f"default 1, quick sweep {QUICK['min_time']:g}).",
     ),
     time_budget: float = typer.Option(
         None,
-        help="Seconds a point may take (0: no limit; default 120, quick sweep 20); longer lengths of a "
-        "mechanism that runs over are skipped.",
+        help=f"Seconds a point may take (0: no limit; default 120, quick sweep {QUICK['time_budget']:g}); longer "
+        "lengths of a mechanism that runs over are skipped.",
     ),
     memory_limit: float = typer.Option(
         None, help="GB a point may allocate on CPU before it counts as OOM (default: 90% of free memory)."

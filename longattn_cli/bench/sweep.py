@@ -14,22 +14,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from longattn_cli.bench import FULL_COMMAND, QUICK  # noqa: F401  (FULL_COMMAND: for the CLI and tests)
 from longattn_cli.bench.status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
-# `longattn benchmark` with no choice of lengths or candidates: one variant per mechanism and the references,
-# short timing, a few minutes on 2 CPU cores. FULL_COMMAND is the whole sweep it stands for.
-QUICK = dict(
-    lengths=[1024, 2048, 4096],
-    attention="softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd",
-    reference=True,
-    repeats=2,
-    min_time=0.0,
-    time_budget=10.0,
-)
-FULL_COMMAND = "longattn benchmark --attention all --reference --lengths 512,1024,2048,4096,8192,16384"
-TIMING = dict(repeats=5, min_time=1.0, time_budget=120.0)  # what an explicit sweep times with
 SCOPES = ("layer", "model")
 MODES = {"forward": ("forward",), "train": ("train",), "both": ("forward", "train")}
 
@@ -227,9 +216,17 @@ def resolve_defaults(lengths, attention, reference, repeats, min_time, time_budg
         lengths=lengths, attention=attention, reference=reference or None, repeats=repeats, min_time=min_time,
         time_budget=time_budget,
     )  # fmt: skip
-    base = QUICK if quick else dict(TIMING, lengths=None, attention=attention, reference=False)
+    full = BenchmarkOptions()  # an explicit sweep times as the options' defaults say
+    base = (
+        QUICK
+        if quick
+        else dict(repeats=full.repeats, min_time=full.min_time, time_budget=full.time_budget, reference=False)
+    )
     out = {k: (v if v is not None else base.get(k)) for k, v in given.items()}
-    out["lengths"] = parse_lengths(out["lengths"]) if not isinstance(out["lengths"], list) else out["lengths"]
+    lengths = out["lengths"]
+    out["lengths"] = (
+        list(lengths) if isinstance(lengths, list) else parse_lengths(lengths)
+    )  # never QUICK's own
     out["quick"] = quick
     return out
 
