@@ -231,22 +231,24 @@ def styles(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Line style per label: the mechanism's colour, one marker per variant of it, references dashed."""
     out: dict[str, dict[str, Any]] = {}
     seen: dict[str, int] = {}
+    colours = dict(FAMILY_COLOURS)  # mechanisms registered elsewhere get the next spare colour, per plot
     extra = iter(("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e"))
     for p in points:
         label = p["label"]
         if label in out:
             continue
         family = p.get("mechanism") or label.split("-")[0]
-        if family not in FAMILY_COLOURS:
-            FAMILY_COLOURS[family] = next(extra, "#7f7f7f")
+        if family not in colours:
+            colours[family] = next(extra, "#7f7f7f")
+        colour = colours[family]
         k = seen.get(family, 0)
         seen[family] = k + 1
         reference = p["kind"] == "reference"
         out[label] = dict(
-            color=FAMILY_COLOURS[family],
+            color=colour,
             marker=MARKERS[k % len(MARKERS)],
             linestyle="--" if reference else "-",
-            markerfacecolor="white" if reference else FAMILY_COLOURS[family],
+            markerfacecolor="white" if reference else colour,
         )
     return out
 
