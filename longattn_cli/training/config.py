@@ -143,14 +143,6 @@ class ModelConfig:
 class PretrainModelConfig(ModelConfig):
     """``model`` section of a pretraining recipe: the architecture of a model trained from scratch."""
 
-    def scratch_attention(self) -> tuple[str, dict[str, Any]]:
-        """The mechanism and settings of a model built from scratch: ``model.attention``, or by default
-        Nyströmformer with a depthwise convolution over the values (:data:`SCRATCH_ATTENTION`)."""
-        if self.attention is not None:
-            return self.attention, dict(self.attention_settings)
-        name, defaults = SCRATCH_ATTENTION
-        return name, {**defaults, **self.attention_settings}
-
     attention: str | None = _doc(
         "attention mechanism (softmax, yoso, nystrom, lsg); null = nystrom with a 9-wide convolution from "
         "scratch, or the source checkpoint's"
@@ -168,6 +160,14 @@ class PretrainModelConfig(ModelConfig):
         "dropout on attention probabilities; 0 keeps softmax on torch's fused kernel, which long inputs need",
         0.0,
     )
+
+    def scratch_attention(self) -> tuple[str, dict[str, Any]]:
+        """The mechanism and settings of a model built from scratch: ``model.attention``, or by default
+        Nyströmformer with a depthwise convolution over the values (:data:`SCRATCH_ATTENTION`)."""
+        if self.attention is not None:
+            return self.attention, dict(self.attention_settings)
+        name, defaults = SCRATCH_ATTENTION
+        return name, {**defaults, **self.attention_settings}
 
     def __post_init__(self):
         super().__post_init__()

@@ -197,8 +197,8 @@ def build(recipe, accelerator) -> Job:
         else:
             fingerprint = fingerprint + "-held-out"
             notes.append(f"{len(held_out):,} documents held out for validation (data.validation_split)")
-        evaluate = _validation(held_out, fingerprint, d, tokenizer, collate, t.batch_size)
-        finish = _closing_report(model, evaluate, packed, held_out, tokenizer, d)
+        evaluate, valid_blocks = _validation(held_out, fingerprint, d, tokenizer, collate, t.batch_size)
+        finish = _closing_report(model, evaluate, valid_blocks, packed, held_out, tokenizer, d)
     return Job(
         model=model,
         objective=MaskedLMObjective(model),
@@ -229,7 +229,8 @@ def hold_out(raw, fraction: float, seed: int, fingerprint: str):
 
 
 def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
-    """MLM loss on the validation blocks, with fixed masks (the same every evaluation)."""
+    """MLM loss on the validation blocks, with fixed masks (the same every evaluation): ``(evaluate, the
+    validation blocks)``."""
     blocks, _, _ = D.pack(raw, tokenizer, d, fingerprint, what="data.validation")
     rows = (
         list(blocks.take(256))
@@ -247,18 +248,21 @@ def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
         loss = sum(losses) / len(losses)
         return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
 
-    evaluate.rows = rows
-    return evaluate
+    return evaluate, rows
+
+
+def token_counts(blocks, size: int, limit: int | None = None) -> torch.Tensor:
+    """How often each id occurs in (the first ``limit``) packed blocks: (size,) float64."""
+    counts = torch.zeros(size, dtype=torch.float64)
+    for i in range(len(blocks) if limit is None else min(len(blocks), limit)):
+        counts += torch.bincount(torch.tensor(blocks[i]["input_ids"]), minlength=size)[:size]
+    return counts
 
 
 def unigram_loss(train_blocks, rows, tokenizer) -> float:
     """Cross-entropy (nats) of the validation tokens under the training data's token frequencies (add-one
     smoothed), special tokens left out: the loss of a model that has learnt nothing but frequencies."""
-    counts = torch.ones(len(tokenizer), dtype=torch.float64)
-    for i in range(len(train_blocks)):
-        counts += torch.bincount(torch.tensor(train_blocks[i]["input_ids"]), minlength=len(tokenizer))[
-            : len(counts)
-        ]
+    counts = token_counts(train_blocks, len(tokenizer)) + 1
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     counts[special] = 0
     logp = (counts / counts.sum()).log()
@@ -267,13 +271,13 @@ def unigram_loss(train_blocks, rows, tokenizer) -> float:
     return float(-logp[ids].mean())
 
 
-def _closing_report(model, evaluate, train_blocks, held_out, tokenizer, d):
+def _closing_report(model, evaluate, valid_blocks, train_blocks, held_out, tokenizer, d):
     """The summary rows: validation loss before and after next to the unigram baseline, and fill-mask
     predictions on held-out sentences. The loss before training is measured now, on the fresh weights."""
     model.eval()
     before = evaluate(model)["loss"]
     model.train()
-    baseline = unigram_loss(train_blocks, evaluate.rows, tokenizer)
+    baseline = unigram_loss(train_blocks, valid_blocks, tokenizer)
     samples = sample_sentences(held_out, tokenizer, d.text_column, train_blocks)
 
     def finish(model) -> dict[str, Any]:
@@ -295,10 +299,8 @@ def sample_sentences(held_out, tokenizer, column: str, train_blocks, count: int 
     frequencies predicts it everywhere, so getting it right would show nothing."""
     import re
 
-    freq: dict[int, int] = {}
-    for i in range(min(len(train_blocks), 64)):
-        for t in train_blocks[i]["input_ids"]:
-            freq[t] = freq.get(t, 0) + 1
+    counts = token_counts(train_blocks, len(tokenizer), limit=64)
+    freq = {t: int(c) for t, c in enumerate(counts.tolist()) if c}
 
     def word_id(word: str) -> int | None:
         ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
