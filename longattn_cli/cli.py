@@ -332,14 +332,12 @@ def _train(
 
     # Bad data becomes one line of ours, not library logs (read when datasets is imported, by the run).
     os.environ.setdefault("DATASETS_VERBOSITY", "critical")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if "datasets" in sys.modules:
         import logging
 
         import datasets
 
         datasets.logging.set_verbosity(logging.CRITICAL)
-        datasets.disable_progress_bars()
     values = parse_overrides(overrides)
     if resume:
         values["training.resume"] = resume
@@ -484,6 +482,7 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
