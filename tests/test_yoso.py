@@ -21,9 +21,10 @@ from longattn_cli.attention.yoso import (
     _hadamard,
     _LSHCumulation,
     collision_probability,
+    collision_counts,
+    collision_gradients,
     cumulate,
     hash_codes,
-    weighted_cumulate,
 )
 from longattn_cli.cli import main
 from longattn_cli.errors import UserError
@@ -220,18 +221,50 @@ def test_lsh_value_gradient_passes_gradcheck():
 
 
 @pytest.mark.parametrize("n,tau,budget", [(60, 3, None), (12, 9, None), (12, 9, 1000)])
-def test_cumulations_equal_explicit_collision_sums(n, tau, budget, monkeypatch):
-    """Fewer buckets than tokens (dense tables), more (occupied buckets only), and a budget that splits heads."""
+def test_cumulation_equals_explicit_collision_sums(n, tau, budget, monkeypatch):
+    """Fewer buckets than tokens (dense tables), more (occupied buckets only), and a budget that splits hashes."""
     if budget:
         monkeypatch.setattr("longattn_cli.attention.yoso._BUDGET", budget)
     g = torch.Generator().manual_seed(n)
     codes_q, codes_k = (torch.randint(0, 2**tau, (2, 3, n, 5), generator=g) for _ in range(2))
-    wq, wk, x = (torch.randn(2, 3, n, 4, generator=g) for _ in range(3))
+    x = torch.randn(2, 3, n, 4, generator=g)
     collisions = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).float().mean(-1)  # (B, H, N, N)
     assert_close(cumulate(codes_q, codes_k, x, 2**tau), collisions @ x)
-    assert_close(
-        weighted_cumulate(codes_q, wq, codes_k, wk, x, 2**tau), (collisions * (wq @ wk.transpose(-1, -2))) @ x
-    )
+
+
+ROUTES = {
+    "counts": {"_DENSE_MAX": 10**9},
+    "lanes": {"_DENSE_MAX": 0},  # by cost: small buckets as attention, big ones as tables
+    "attention": {"_DENSE_MAX": 0, "_attends": lambda width, d: width >= 0},
+    "tables": {"_DENSE_MAX": 0, "_attends": lambda width, d: width < 0},
+    "split heads": {"_DENSE_MAX": 0, "_INSTANCES": 50},
+    "split heads and hashes": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_BUDGET": 100},
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("n,tau,d", [(60, 3, 4), (12, 9, 4), (200, 4, 8), (70, 2, 16)])
+def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, monkeypatch):
+    """Every route of the LSH backward computes the paper's sums exactly: Σ_j c_ij (g_i·v_j) k_j,
+    Σ_i c_ij (g_i·v_j) q_i and Σ_i c_ij g_i, with c_ij the fraction of hashes where i and j collide."""
+    for name, value in ROUTES[route].items():
+        monkeypatch.setattr(f"longattn_cli.attention.yoso.{name}", value)
+    gen = torch.Generator().manual_seed(n + d)
+    codes_q, codes_k = (torch.randint(0, 2**tau, (2, 3, n, 5), generator=gen, dtype=torch.int32) for _ in range(2))
+    q, k, v, g = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)  # (B, H, N, N)
+    w = c * (g @ v.transpose(-1, -2))
+    gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
+    assert_close(gq, w @ k)
+    assert_close(gk, w.transpose(-1, -2) @ q)
+    assert_close(gv, c.transpose(-1, -2) @ g)
+
+
+def test_collision_counts_count_every_hash():
+    gen = torch.Generator().manual_seed(0)
+    codes_q, codes_k = torch.randint(0, 4, (3, 9, 6), generator=gen), torch.randint(0, 4, (3, 11, 6), generator=gen)
+    expected = (codes_q[:, :, None, :] == codes_k[:, None, :, :]).sum(-1).float()
+    assert torch.equal(collision_counts(codes_q, codes_k), expected)
 
 
 def test_lsh_without_lsh_backward_uses_expectation_gradients():

@@ -210,7 +210,7 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
 
     def code(x):
         bits = (x @ r).gt_(0).view(*x.shape[:-1], nh, tau)  # (B, H, N, num_hash, τ); gt_ keeps floats
-        return (bits @ powers).long()  # (B, H, N, num_hash)
+        return (bits @ powers).int()  # (B, H, N, num_hash); int32 halves what the backward keeps
 
     return code(q), code(k)
 
@@ -285,53 +285,216 @@ def cumulate(
     return (out / nh).view(b, h, n, e)
 
 
-def weighted_cumulate(codes_q, weight_q, codes_k, weight_k, values, capacity: int) -> torch.Tensor:
-    """Mean over hashes of Σ_{j: code_j = code_i} (weight_q_i · weight_k_j) values_j, (B, H, N, E).
+# ---------------------------------------------------------------------------------------------- LSH backward
+#
+# ∂L/∂q_i = (τ/2) Σ_j c_ij (g_i·v_j) k_j and ∂L/∂k_j = (τ/2) Σ_i c_ij (g_i·v_j) q_i, with c_ij the fraction of
+# hashes in which query i and key j share a bucket (the paper's weighted LSH cumulation), and ∂L/∂v_j = Σ_i c_ij g_i.
+# Within one hash a bucket's queries and keys are a small dense attention problem: W = G Vᵀ, ∂q = W K, ∂k = Wᵀ Q.
+# So each hash's buckets are laid out side by side in *lanes* (the bucket's tokens gathered into consecutive rows,
+# widths rounded up to multiples of _WIDTH) and buckets of one width go through one batched matmul. A bucket too
+# big for that (cost quadratic in its size) takes the paper's d×d tables instead, Σ_j v_j k_jᵀ, in slots of
+# _SLOT lanes. Every sum is the same as the paper's; only the order of the arithmetic differs. Short sequences
+# skip the layout: the n×n collision counts C are cheap there, and the three products are plain matmuls.
 
-    Each bucket holds Σ weight_k_j ⊗ values_j (a W×E table: W rows per bucket); a query reads the W rows of its
-    bucket contracted with its own weights (``embedding_bag`` with per-sample weights), in every hash. Hashes go
-    in groups so that tables stay within the scratch budget.
+_WIDTH = 8  # lane widths of the attention route are multiples of this
+_SLOT = 64  # lanes per slot in the table route
+
+
+def _attends(width: torch.Tensor, d: int) -> torch.Tensor:
+    """Whether a bucket of ``width`` lanes costs less as attention (3 products of width² · d) than as tables
+    (4 products of d² per slot of _SLOT lanes)."""
+    slots = (width + _SLOT - 1) // _SLOT
+    return 6 * width * width <= 8 * d * _SLOT * slots
+
+
+class _Lanes:
+    """One group of hashes' buckets laid out in lanes (see the comment above).
+
+    Attributes:
+        rows_q, rows_k: (lanes + 1,) source row of each lane (``pad``, a zero row, where empty); the last lane
+            is always empty.
+        where_q, where_k: (instances,) lane of each (row, hash) instance; the empty last lane where the bucket
+            has no partner (only queries or only keys), so that it reads zeros.
+        classes: [(first lane, buckets, width)] of the attention route, one per width.
+        tables: (first lane, bucket of each slot) of the table route, or None.
     """
-    b, h, n, e = values.shape
-    w = weight_k.shape[-1]
-    per_head = min(capacity, n) * w * e  # table size of one head and hash
-    if b * h > 1 and b * h * per_head > _BUDGET:  # a few heads at a time: (B·H) as independent heads
-        step = max(1, _BUDGET // per_head)
-        parts = [x.reshape(1, b * h, n, x.shape[-1]) for x in (codes_q, weight_q, codes_k, weight_k, values)]
-        outs = [
-            weighted_cumulate(*(x[:, i : i + step] for x in parts), capacity) for i in range(0, b * h, step)
-        ]
-        return torch.cat(outs, dim=1).view(b, h, n, e)
-    nh = codes_k.shape[-1]
+
+    def __init__(self, bq: torch.Tensor, bk: torch.Tensor, rows: torch.Tensor, pad: int, d: int):
+        dev = bq.device
+        ids, inv = torch.unique(torch.cat([bq, bk]), return_inverse=True)
+        iq, ik = inv[: len(bq)], inv[len(bq) :]
+        cq, ck = torch.bincount(iq, minlength=len(ids)), torch.bincount(ik, minlength=len(ids))
+        most = torch.maximum(cq, ck)
+        live = (cq > 0) & (ck > 0)
+        narrow = (most + _WIDTH - 1) // _WIDTH * _WIDTH
+        attend = live & _attends(narrow, d)
+        width = torch.where(attend, narrow, torch.where(live, (most + _SLOT - 1) // _SLOT * _SLOT, 0))
+        # Attention buckets first, by width; then the table ones; buckets without partners take no lanes.
+        key = torch.where(attend, narrow, torch.where(live, 1 << 40, 1 << 41))
+        order = torch.argsort(key, stable=True)
+        ordered = width[order]
+        first = torch.empty_like(width)
+        first[order] = torch.cumsum(ordered, 0) - ordered
+        self.lanes = lanes = int(ordered.sum())
+        self.where_q, self.rows_q = self._place(iq, cq, first, live, rows, lanes, pad)
+        self.where_k, self.rows_k = self._place(ik, ck, first, live, rows, lanes, pad)
+        na = int(attend.sum())
+        widths, counts = torch.unique_consecutive(ordered[:na], return_counts=True)
+        self.classes, lane = [], 0
+        for w, c in zip(widths.tolist(), counts.tolist(), strict=True):
+            self.classes.append((lane, c, w))
+            lane += w * c
+        self.tables = None
+        if lane < lanes:
+            slots = ordered[na : int(live.sum())] // _SLOT  # per table bucket, in lane order
+            self.tables = (lane, torch.repeat_interleave(torch.arange(len(slots), device=dev), slots))
+
+    @staticmethod
+    def _place(ids, counts, first, live, rows, lanes, pad):
+        order = torch.argsort(ids, stable=True)
+        sid = ids[order]
+        rank = torch.arange(len(ids), device=ids.device) - (torch.cumsum(counts, 0) - counts)[sid]
+        lane = torch.where(live[sid], first[sid] + rank, lanes)
+        where = torch.empty_like(lane)
+        where[order] = lane
+        source = torch.full((lanes + 1,), pad, dtype=torch.long, device=ids.device)
+        source[lane] = rows[order]
+        source[lanes] = pad
+        return where, source
+
+
+class _Scratch:
+    """Reused buffers: fresh multi-megabyte tensors on every hash cost page faults, several times the copy."""
+
+    def __init__(self, like: torch.Tensor):
+        self.like, self.store = like, {}
+
+    def __call__(self, name: str, *shape: int) -> torch.Tensor:
+        size = math.prod(shape)
+        x = self.store.get(name)
+        if x is None or x.numel() < size:
+            x = self.store[name] = self.like.new_empty(size + size // 4)
+        return x[:size].view(*shape)
+
+
+def collision_gradients(codes_q, codes_k, q, k, v, g):
+    """Mean over hashes of Σ_j c_ij (g_i·v_j) k_j, of Σ_i c_ij (g_i·v_j) q_i and of Σ_i c_ij g_i: three
+    (B, H, N, D) tensors, c_ij = [code_i = code_j] in each hash (codes: (B, H, N, num_hash))."""
+    b, h, n, d = q.shape
+    nh = codes_q.shape[-1]
+    if _dense_cheaper(n, d, nh, int(max(codes_q.max(), codes_k.max())) + 1):
+        return _dense_collision_gradients(codes_q, codes_k, q, k, v, g)
     bh = b * h
-    out = values.new_zeros(bh * n, e)
-    group = max(1, _BUDGET // (bh * min(capacity, n) * w * max(e, n // capacity)))
-    sub = torch.arange(w, device=values.device)
-    flat = values.reshape(bh * n, e)
-    fixed = {}  # per group size: what does not change from one group of hashes to the next
-    for first in range(0, nh, group):
-        hashes = min(nh, first + group) - first
-        if hashes not in fixed:
-            indices = torch.empty(2, bh * n * hashes * w, dtype=torch.long, device=values.device)
-            indices[1] = torch.arange(bh * n, device=values.device).repeat_interleave(
-                hashes * w
-            )  # source rows
-            key_weights = weight_k.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(-1)
-            query_weights = weight_q.reshape(bh * n, 1, w).expand(bh * n, hashes, w).reshape(bh * n, -1)
-            fixed[hashes] = indices, key_weights, query_weights
-        indices, key_weights, query_weights = fixed[hashes]
-        key_rows, query_rows, buckets = _table_rows(
-            _rows(codes_k, capacity, first, first + hashes),
-            _rows(codes_q, capacity, first, first + hashes),
-            hashes * bh * capacity,
-        )
-        # Bucket r's W rows are r·W + a; key j adds weight_k[j, a] · values[j] to row a of its bucket.
-        torch.add(key_rows[..., None] * w, sub, out=indices[0].view(bh * n, hashes, w))
-        sparse = torch.sparse_coo_tensor(indices, key_weights, (buckets * w, bh * n), check_invariants=False)
-        table = torch.sparse.mm(sparse, flat)  # (buckets · W, E)
-        query_rows = (query_rows[..., None] * w + sub).view(bh * n, -1)
-        out += F.embedding_bag(query_rows, table, mode="sum", per_sample_weights=query_weights)
-    return (out / nh).view(b, h, n, e)
+    pad = bh * n
+    def rows_of(*xs):  # (B·H·N + 1, width): one zero row for empty lanes
+        return torch.cat([torch.cat([x.reshape(pad, d) for x in xs], 1), q.new_zeros(1, len(xs) * d)])
+
+    source = {"qg": rows_of(q, g), "kv": rows_of(k, v)}
+    out = {"q": q.new_zeros(pad, d), "kv": q.new_zeros(pad, 2 * d)}
+    scratch = _Scratch(q)
+    span = int(max(codes_q.max(), codes_k.max())) + 1  # bucket ids of one (row, hash) problem
+    heads = min(bh, max(1, _INSTANCES // n))  # per layout: its scratch is ~2.6 KB per (row, hash) instance
+    group = max(1, _INSTANCES // (heads * n))  # hashes per layout
+    rows = torch.arange(pad, device=q.device).view(bh, n, 1)
+    cq, ck = codes_q.reshape(bh, n, nh), codes_k.reshape(bh, n, nh)
+    for h0 in range(0, bh, heads):
+        hh = slice(h0, min(bh, h0 + heads))
+        part = {name: x[hh.start * n : hh.stop * n] for name, x in out.items()}
+        for f0 in range(0, nh, group):
+            hs = min(nh, f0 + group) - f0
+            ids = torch.arange(hh.stop - hh.start, device=q.device).view(-1, 1, 1) * hs
+            problem = (ids + torch.arange(hs, device=q.device)) * span  # bucket ids of (head, hash) problems
+            lanes = _Lanes(
+                (cq[hh, :, f0 : f0 + hs] + problem).reshape(-1),
+                (ck[hh, :, f0 : f0 + hs] + problem).reshape(-1),
+                rows[hh].expand(-1, n, hs).reshape(-1),
+                pad,
+                d,
+            )
+            _accumulate(lanes, source, part, scratch, (hh.stop - hh.start) * n, hs, d)
+    gkv = out["kv"].div_(nh)
+    return out["q"].div_(nh).view(b, h, n, d), gkv[:, :d].reshape(b, h, n, d), gkv[:, d:].reshape(b, h, n, d)
+
+
+def _accumulate(lanes: _Lanes, source, out, scratch, rows: int, hs: int, d: int) -> None:
+    """Add one layout's three sums to ``out`` ((rows, D) for ∂q, (rows, 2D) for ∂k | ∂v)."""
+    size = lanes.lanes + 1
+    qg = torch.index_select(source["qg"], 0, lanes.rows_q, out=scratch("qg", size, 2 * d))  # query side
+    kv = torch.index_select(source["kv"], 0, lanes.rows_k, out=scratch("kv", size, 2 * d))  # key side
+    qs, gs, ks, vs = qg[:, :d], qg[:, d:], kv[:, :d], kv[:, d:]
+    oq, okv = scratch("oq", size, d), scratch("okv", size, 2 * d)
+    ok, ov = okv[:, :d], okv[:, d:]
+    oq[-1].zero_()
+    okv[-1].zero_()
+    for first, count, width in lanes.classes:
+        part = slice(first, first + count * width)
+        q_, g_, k_, v_ = (x[part].view(count, width, d) for x in (qs, gs, ks, vs))
+        w = torch.bmm(g_, v_.transpose(1, 2), out=scratch("w", count, width, width))  # (buckets, W, W)
+        torch.bmm(w, k_, out=oq[part].view(count, width, d))
+        ok[part].view(count, width, d).copy_(torch.bmm(w.transpose(1, 2), q_))
+        ov[part].view(count, width, d).copy_(g_.sum(1, keepdim=True).expand(count, width, d))
+    if lanes.tables is not None:
+        first, bucket = lanes.tables
+        part = slice(first, lanes.lanes)
+        q_, g_, k_, v_ = (x[part].view(-1, _SLOT, d) for x in (qs, gs, ks, vs))
+        nt = int(bucket[-1]) + 1
+        vk = q_.new_zeros(nt, d, d).index_add_(0, bucket, v_.transpose(1, 2) @ k_)  # Σ v kᵀ per bucket
+        torch.bmm(g_, vk.index_select(0, bucket), out=oq[part].view(-1, _SLOT, d))
+        gq = q_.new_zeros(nt, d, d).index_add_(0, bucket, g_.transpose(1, 2) @ q_)  # Σ g qᵀ per bucket
+        ok[part].view(-1, _SLOT, d).copy_(v_ @ gq.index_select(0, bucket))
+        gsum = q_.new_zeros(nt, d).index_add_(0, bucket, g_.sum(1))
+        ov[part].view(-1, _SLOT, d).copy_(gsum.index_select(0, bucket)[:, None].expand(-1, _SLOT, d))
+    for name, o, where in (("q", oq, lanes.where_q), ("kv", okv, lanes.where_k)):
+        read = torch.index_select(o, 0, where, out=scratch("read" + name, rows * hs, o.shape[1]))
+        out[name] += read.view(rows, hs, -1).sum(1) if hs > 1 else read
+
+
+def _dense_cheaper(n: int, d: int, nh: int, span: int) -> bool:
+    """Whether the n×n collision counts beat the lane layout (measured on CPU: up to a few thousand tokens)."""
+    return n <= _DENSE_MAX
+
+
+_DENSE_MAX = 1024
+_INSTANCES = 1 << 15  # (row, hash) instances per lane layout
+
+
+def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor) -> torch.Tensor:
+    """C[·, i, j] = number of hashes in which query i and key j share a bucket: (P, N, M) float, for codes
+    (P, N, num_hash) and (P, M, num_hash). Built from the colliding pairs only (sorted keys, one binary
+    search per query), O(n log n + collisions) instead of n² comparisons per hash."""
+    p, n, nh = codes_q.shape
+    m = codes_k.shape[1]
+    span = int(max(codes_q.max(), codes_k.max())) + 1
+    problem = (torch.arange(p, device=codes_q.device).view(p, 1, 1) * nh + torch.arange(nh, device=codes_q.device)) * span
+    keys, order = torch.sort((codes_k + problem).reshape(-1))
+    queries = (codes_q + problem).reshape(-1)
+    lo = torch.searchsorted(keys, queries)
+    count = torch.searchsorted(keys, queries, right=True) - lo
+    query = torch.repeat_interleave(torch.arange(len(queries), device=keys.device), count)
+    rank = torch.arange(len(query), device=keys.device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    key = order[lo[query] + rank]  # flat (problem, j, hash) index of the colliding key
+    row = query // (n * nh)  # p
+    cell = (row * n + (query // nh) % n) * m + (key // nh) % m
+    return torch.bincount(cell, minlength=p * n * m).view(p, n, m).to(torch.float32)
+
+
+def _dense_collision_gradients(codes_q, codes_k, q, k, v, g):
+    """:func:`collision_gradients` through C / num_hash (:func:`collision_counts`), a few heads at a time."""
+    b, h, n, d = q.shape
+    nh = codes_q.shape[-1]
+    gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    bh = b * h
+    step = max(1, _BUDGET // (4 * n * n))  # C's int64 counts, C and W: about 4 budgets
+    flat = [x.reshape(bh, n, x.shape[-1]) for x in (codes_q, codes_k, q, k, v, g, gq, gk, gv)]
+    cq, ck, q_, k_, v_, g_, oq, ok, ov = flat
+    for i in range(0, bh, step):
+        s = slice(i, i + step)
+        c = collision_counts(cq[s], ck[s]).to(q.dtype).div_(nh)  # (heads, N, N)
+        w = torch.bmm(g_[s], v_[s].transpose(1, 2)).mul_(c)
+        torch.bmm(w, k_[s], out=oq[s])
+        torch.bmm(w.transpose(1, 2), q_[s], out=ok[s])
+        torch.bmm(c.transpose(1, 2), g_[s], out=ov[s])
+    return gq, gk, gv
 
 
 class _LSHCumulation(torch.autograd.Function):
@@ -353,8 +516,5 @@ class _LSHCumulation(torch.autograd.Function):
         if not ctx.lsh_backward:
             gq, gk, gv = expectation_backward(q, k, v, mask, g, tau)
             return gq, gk, gv, None, None, None, None, None
-        capacity = 1 << tau
-        gv = cumulate(codes_k, codes_q, g, capacity) * mask  # Σ_i c_ij g_i: the tables with roles swapped
-        gq = weighted_cumulate(codes_q, g, codes_k, v, k, capacity).mul_(tau / 2)
-        gk = weighted_cumulate(codes_k, v, codes_q, g, q, capacity).mul_(tau / 2)
-        return gq, gk, gv, None, None, None, None, None
+        gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
+        return gq.mul_(tau / 2), gk.mul_(tau / 2), gv.mul_(mask), None, None, None, None, None
