@@ -20,9 +20,9 @@ from longattn_cli.attention.yoso import (
     _Expectation,
     _hadamard,
     _LSHCumulation,
-    collision_probability,
     collision_counts,
     collision_gradients,
+    collision_probability,
     cumulate,
     hash_codes,
 )
@@ -250,7 +250,9 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, monke
     for name, value in ROUTES[route].items():
         monkeypatch.setattr(f"longattn_cli.attention.yoso.{name}", value)
     gen = torch.Generator().manual_seed(n + d)
-    codes_q, codes_k = (torch.randint(0, 2**tau, (2, 3, n, 5), generator=gen, dtype=torch.int32) for _ in range(2))
+    codes_q, codes_k = (
+        torch.randint(0, 2**tau, (2, 3, n, 5), generator=gen, dtype=torch.int32) for _ in range(2)
+    )
     q, k, v, g = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
     c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)  # (B, H, N, N)
     w = c * (g @ v.transpose(-1, -2))
@@ -262,7 +264,10 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, monke
 
 def test_collision_counts_count_every_hash():
     gen = torch.Generator().manual_seed(0)
-    codes_q, codes_k = torch.randint(0, 4, (3, 9, 6), generator=gen), torch.randint(0, 4, (3, 11, 6), generator=gen)
+    codes_q, codes_k = (
+        torch.randint(0, 4, (3, 9, 6), generator=gen),
+        torch.randint(0, 4, (3, 11, 6), generator=gen),
+    )
     expected = (codes_q[:, :, None, :] == codes_k[:, None, :, :]).sum(-1).float()
     assert torch.equal(collision_counts(codes_q, codes_k), expected)
 

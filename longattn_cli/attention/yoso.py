@@ -386,6 +386,7 @@ def collision_gradients(codes_q, codes_k, q, k, v, g):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g)
     bh = b * h
     pad = bh * n
+
     def rows_of(*xs):  # (B·H·N + 1, width): one zero row for empty lanes
         return torch.cat([torch.cat([x.reshape(pad, d) for x in xs], 1), q.new_zeros(1, len(xs) * d)])
 
@@ -465,13 +466,17 @@ def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor) -> torch.Tens
     p, n, nh = codes_q.shape
     m = codes_k.shape[1]
     span = int(max(codes_q.max(), codes_k.max())) + 1
-    problem = (torch.arange(p, device=codes_q.device).view(p, 1, 1) * nh + torch.arange(nh, device=codes_q.device)) * span
+    problem = (
+        torch.arange(p, device=codes_q.device).view(p, 1, 1) * nh + torch.arange(nh, device=codes_q.device)
+    ) * span
     keys, order = torch.sort((codes_k + problem).reshape(-1))
     queries = (codes_q + problem).reshape(-1)
     lo = torch.searchsorted(keys, queries)
     count = torch.searchsorted(keys, queries, right=True) - lo
     query = torch.repeat_interleave(torch.arange(len(queries), device=keys.device), count)
-    rank = torch.arange(len(query), device=keys.device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    rank = torch.arange(len(query), device=keys.device) - torch.repeat_interleave(
+        torch.cumsum(count, 0) - count, count
+    )
     key = order[lo[query] + rank]  # flat (problem, j, hash) index of the colliding key
     row = query // (n * nh)  # p
     cell = (row * n + (query // nh) % n) * m + (key // nh) % m
