@@ -43,8 +43,12 @@ def test_layer_sweep_both_modes_with_reference(tmp_path, capsys):
         + [r.label for m in available() if m != "softmax" for r in benchmark.REFERENCES.get(m, [])]
     )
     points = data["points"]
-    assert len(points) == 2 * 2 * len(labels)
-    assert {p["label"] for p in points} == set(labels)
+    assert len(points) == 2 * 2 * len(labels) + 2  # and the dropout-free SDPA, in train mode only
+    assert {p["label"] for p in points} == set(labels) | {benchmark.FUSED}
+    assert {p["mode"] for p in points if p["label"] == benchmark.FUSED} == {"train"}
+    for p in points:  # train mode divides by the fused SDPA; forward mode by transformers' SDPA
+        if p["status"] == "ok":
+            assert p["sdpa_baseline"] == (benchmark.FUSED if p["mode"] == "train" else "hf-roberta-sdpa"), p
     assert {(p["mode"], p["n"]) for p in points} == {(m, n) for m in ("forward", "train") for n in (32, 64)}
     for p in points:  # every registered variant runs; a reference may be unavailable (with its reason)
         assert p["status"] == "ok" or (p["kind"] == "reference" and p["status"] == "unavailable"), p
@@ -53,7 +57,11 @@ def test_layer_sweep_both_modes_with_reference(tmp_path, capsys):
             assert p["time_min_s"] <= p["time_q1_s"] <= p["time_s"] <= p["time_q3_s"] <= p["time_max_s"]
             assert len(p["times_s"]) == 1 and p["tokens_per_s"] == pytest.approx(p["n"] / p["time_s"])
             assert p["peak_memory_bytes"] > 0 and p["memory_method"].startswith("torch.profiler")
+            # the roofline: the algorithm's count, the rate it implies, and its share of the machine's ceiling
+            assert p["gflop"] > 0 and p["gflops"] == pytest.approx(p["gflop"] / p["time_s"])
+            assert p["ceiling_share"] == pytest.approx(p["gflops"] / data["machine"]["ceiling"]["gflops"])
     m = data["machine"]
+    assert m["ceiling"]["gflops"] > 0 and m["ceiling"]["method"].startswith("torch.mm 2048")
     assert m["cpu"] and m["threads"] == 1 and m["torch"] == torch.__version__
     assert m["device"] == "cpu" and m["gpu"] is None
     assert data["options"]["shape"]["hidden_size"] == 16 and data["options"]["shape"]["num_heads"] == 2
@@ -81,6 +89,8 @@ def test_ratios_come_from_the_same_run(tmp_path, capsys):
     )
     assert row["machine_cpu"] == data["machine"]["cpu"] and row["machine_torch"] == torch.__version__
     assert json.loads(row["settings"]) == {"implementation": "eager"} and row["dtype"] == "float32"
+    assert float(row["ceiling_share"]) == pytest.approx(pts["forward", 32, "softmax-eager"]["ceiling_share"])
+    assert float(row["machine_ceiling_gflops"]) == pytest.approx(data["machine"]["ceiling"]["gflops"])
 
 
 def test_without_reference_sdpa_baseline_is_ours(tmp_path, capsys):
@@ -99,7 +109,7 @@ def test_model_scope(tmp_path, capsys):
         "--scope model --lengths 32,64 --attention softmax-sdpa --reference --layers 1 --no-isolate",
     )
     assert [p["status"] for p in data["points"]] == ["ok"] * len(data["points"])
-    assert {p["label"] for p in data["points"]} == {"softmax-sdpa", "hf-roberta-sdpa"}
+    assert {p["label"] for p in data["points"]} == {"softmax-sdpa", "hf-roberta-sdpa", benchmark.FUSED}
     assert {p["mode"] for p in data["points"]} == {"forward", "train"}
     assert data["options"]["shape"]["num_layers"] == 1 and "model · forward+backward" in out
 
@@ -109,7 +119,7 @@ def test_model_checkpoint_and_its_position_limit(tmp_path, capsys):
     tiny_reference("roberta", ckpt, vocab_size=100)  # 128 positions; no tokenizer needed
     args = "--scope model --lengths 128 --mode train --attention softmax-sdpa --reference --no-isolate"
     data, _ = sweep(tmp_path, capsys, args, "--model", str(ckpt), shape=QUICK)
-    assert [p["status"] for p in data["points"]] == ["ok", "ok"]
+    assert [p["status"] for p in data["points"]] == ["ok", "ok", "ok"]  # ours, fused SDPA, transformers
     assert data["options"]["shape"]["hidden_size"] == 32 and data["options"]["shape"]["num_layers"] == 2
     code, _, err = run(
         ["benchmark", *QUICK, "--scope", "model", "--model", str(ckpt), "--lengths", "64,129"], capsys
@@ -254,7 +264,7 @@ def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
 
     def measure_then_interrupt(spec):
         calls.append(spec)
-        if len(calls) == 2:
+        if len(calls) == 3:  # the machine's ceiling, the first point, then Ctrl-C
             raise KeyboardInterrupt
         return measure(spec)
 
@@ -290,11 +300,12 @@ def test_a_new_mechanism_is_measured_with_nothing_to_change(tmp_path, capsys, mo
     monkeypatch.setitem(base._REGISTRY, "toy", Toy)
     monkeypatch.setitem(base.SETTINGS, "toy", ToySettings)
     data, _ = sweep(tmp_path, capsys, "--lengths 32 --attention toy --set scale=3 --reference --no-isolate")
-    ours = [p for p in data["points"] if p["kind"] == "ours"]
+    ours = [p for p in data["points"] if p["kind"] == "ours" and p["label"] != benchmark.FUSED]
     assert sorted({p["label"] for p in ours}) == ["toy-a", "toy-b"]
     assert all(p["status"] == "ok" and p["settings"] == {"scale": 3} for p in ours)
     assert {p["label"] for p in data["points"] if p["kind"] == "reference"} == {"hf-roberta-sdpa"}
-    assert all(p["reference"] is None and p["sdpa_baseline"] == "hf-roberta-sdpa" for p in ours)
+    baseline = {"forward": "hf-roberta-sdpa", "train": benchmark.FUSED}
+    assert all(p["reference"] is None and p["sdpa_baseline"] == baseline[p["mode"]] for p in ours)
 
 
 def test_set_overrides_the_selected_mechanism(tmp_path, capsys):
@@ -400,6 +411,7 @@ def test_table_shows_messages_verbatim():
 def test_list_variants(capsys):
     code, out, _ = run(["benchmark", "--list"], capsys)
     assert code == 0 and "softmax-eager" in out and "implementation=eager" in out and "hf-roberta-sdpa" in out
+    assert "FLOPs per head" in out and "8·n·h·d²" in out  # the counts behind %pk
 
 
 def test_help_lists_benchmark(capsys):
@@ -416,7 +428,7 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
     base = dict(kind="ours", scope="layer", mode="train", n=16384, batch=1)
     ok = dict(base, status="ok", time_s=12.345, time_q1_s=12.1, time_q3_s=12.6, tokens_per_s=1327.0,
               peak_memory_bytes=3_100 * 2**20, vs_reference_time=0.57, vs_reference_memory=3.81,
-              vs_sdpa_time=0.31, vs_sdpa_memory=12.25)  # fmt: skip
+              vs_sdpa_time=0.31, vs_sdpa_memory=12.25, ceiling_share=0.043)  # fmt: skip
     points = [
         dict(ok, label="lsg-block_stride"),
         dict(ok, label="yoso-lsh-ebwd"),
@@ -435,7 +447,15 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
         console.print(table)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80, text
-    for word in ("lsg-block_stride", "hf-nystromformer", "÷SDPA t/m", "status", "unavailable [1]", "OOM [2]"):
+    for word in (
+        "lsg-block_stride",
+        "hf-nystromformer",
+        "÷SDPA t/m",
+        "%pk",
+        "4.3",
+        "unavailable [1]",
+        "OOM [2]",
+    ):
         assert word in text, (word, text)
     assert "[1] hf-nystromformer: transformers' Nystromformer needs the length" in text
 

@@ -262,6 +262,22 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, monke
     assert_close(gv, c.transpose(-1, -2) @ g)
 
 
+def test_lsh_forward_and_backward_agree_on_both_routes(monkeypatch):
+    """Short inputs take the n×n counts (kept from the forward for the backward), long ones the tables and
+    lanes: one answer either way, forward and gradients."""
+    q, k, v, m, g = lsh_inputs()
+    cq, ck = hash_codes(q, k, YosoSettings(hash_code_len=4, num_hash=8, seed=3))
+    results = []
+    for limit in (0, 10**9):
+        monkeypatch.setattr("longattn_cli.attention.yoso._DENSE_MAX", limit)
+        xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out = _LSHCumulation.apply(*xs, m, cq, ck, 4, True)
+        out.backward(g)
+        results.append([out.detach()] + [x.grad for x in xs])
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b)
+
+
 def test_collision_counts_count_every_hash():
     gen = torch.Generator().manual_seed(0)
     codes_q, codes_k = (

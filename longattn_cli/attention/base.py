@@ -37,6 +37,20 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.dropout = dropout
 
+    # How :meth:`flops` counts, in one line per mode (shown by ``longattn benchmark --list``).
+    FLOPS: ClassVar[str] = "not counted"
+
+    @classmethod
+    def flops(cls, settings: AttentionSettings, n: int, d: int) -> tuple[float, float] | None:
+        """Floating-point operations the algorithm needs for one head of one sequence of ``n`` real tokens of
+        width ``d``: (forward, backward), a multiply-add counting as two; None where not counted.
+
+        Counts are analytic (what the algorithm's products need, not what a profiler sees): each mechanism
+        documents its formula in :attr:`FLOPS`, next to the code that does the work. Element-wise work
+        (softmax, masks, normalisation) is left out: it is a small share, and memory-bound.
+        """
+        return None
+
     @classmethod
     def benchmark_variants(cls) -> dict[str, dict[str, Any]]:
         """Labelled settings that ``longattn benchmark`` measures by default (label → settings dict)."""

@@ -40,6 +40,22 @@ class LSGAttention(Attention):
 
     name = "lsg"
     Settings = LSGSettings
+    FLOPS = (
+        "n - g > 2·bs: forward 4·L·K·d for the blocks (L = n - g rounded up to whole blocks, K = g + 3·bs + "
+        "2·sparse_block_size keys per block) + 4·g·n·d for the global queries; backward 2× forward; "
+        "shorter: full softmax 4·n²·d / 8·n²·d"
+    )
+
+    @classmethod
+    def flops(cls, settings, n, d):
+        s = settings
+        g, bs = s.num_global_tokens, s.block_size
+        if n - g <= 2 * bs:
+            return 4.0 * n * n * d, 8.0 * n * n * d
+        length = -(-(n - g) // bs) * bs
+        keys = g + 3 * bs + (2 * s.sparse_block_size if s.uses_sparse else 0)
+        fwd = 4.0 * length * keys * d + 4.0 * g * n * d
+        return fwd, 2 * fwd
 
     def forward(self, q, k, v, mask):
         s = self.settings

@@ -109,6 +109,20 @@ class NystromAttention(Attention):
 
     name = "nystrom"
     Settings = NystromSettings
+    FLOPS = (
+        "n > m: forward 8·n·m·d (three kernels' scores, two products with them) + 4·m²·d + 8·m³·iterations "
+        "(pseudo-inverse), backward 2× forward; n ≤ m: exact softmax; conv: + 2·n·d·k forward, 4·n·d·k backward"
+    )
+
+    @classmethod
+    def flops(cls, settings, n, d):
+        m, k = settings.num_landmarks, settings.conv_kernel_size
+        if n <= m:
+            fwd = 4.0 * n * n * d
+        else:
+            fwd = 8.0 * n * m * d + 4.0 * m * m * d + 8.0 * m**3 * settings.pinv_iterations
+        conv = 0.0 if k is None else 2.0 * n * d * k
+        return fwd + conv, 2 * fwd + 2 * conv
 
     def __init__(self, settings: NystromSettings, num_heads: int, head_dim: int, dropout: float = 0.0):
         super().__init__(settings, num_heads, head_dim, dropout)

@@ -17,6 +17,11 @@ class SoftmaxAttention(Attention):
 
     name = "softmax"
     Settings = SoftmaxSettings
+    FLOPS = "forward 4·n²·d (q kᵀ, p v); backward 8·n²·d (∂p, ∂v, ∂q, ∂k)"
+
+    @classmethod
+    def flops(cls, settings, n, d):
+        return 4.0 * n * n * d, 8.0 * n * n * d
 
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0

@@ -41,6 +41,25 @@ class YosoAttention(Attention):
 
     name = "yoso"
     Settings = YosoSettings
+    FLOPS = (
+        "E: forward 4·n²·d, backward 10·n²·d (B recomputed); LSH: forward 4·n·d·h·τ (hashing q and k) + "
+        "2·n·h·d (tables), backward 8·n·h·d² + 2·n·h·d (the paper's weighted cumulation: a d×d table per "
+        "bucket for ∂q and for ∂k, built and read; h = num_hash), or 10·n²·d without lsh_backward; "
+        "conv: + 2·n·d·w forward, 4·n·d·w backward"
+    )
+
+    @classmethod
+    def flops(cls, settings, n, d):
+        s = settings
+        if s.use_expectation:
+            fwd, bwd = 4.0 * n * n * d, 10.0 * n * n * d
+        else:
+            h, tau = s.num_hash, s.hash_code_len
+            fwd = 4.0 * n * d * h * tau + 2.0 * n * h * d
+            bwd = 8.0 * n * h * d * d + 2.0 * n * h * d if s.lsh_backward else 10.0 * n * n * d
+        if s.conv_window is not None:
+            fwd, bwd = fwd + 2.0 * n * d * s.conv_window, bwd + 4.0 * n * d * s.conv_window
+        return fwd, bwd
 
     def __init__(self, settings: YosoSettings, num_heads: int, head_dim: int, dropout: float = 0.0):
         super().__init__(settings, num_heads, head_dim, dropout)
@@ -377,13 +396,16 @@ class _Scratch:
         return x[:size].view(*shape)
 
 
-def collision_gradients(codes_q, codes_k, q, k, v, g):
+def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     """Mean over hashes of Σ_j c_ij (g_i·v_j) k_j, of Σ_i c_ij (g_i·v_j) q_i and of Σ_i c_ij g_i: three
-    (B, H, N, D) tensors, c_ij = [code_i = code_j] in each hash (codes: (B, H, N, num_hash))."""
+    (B, H, N, D) tensors, c_ij = [code_i = code_j] in each hash (codes: (B, H, N, num_hash)).
+
+    ``counts``: the (B·H, N, N) mean collisions, when the forward kept them (:func:`_dense_cheaper` lengths).
+    """
     b, h, n, d = q.shape
+    if counts is not None or _dense_cheaper(n):
+        return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
     nh = codes_q.shape[-1]
-    if _dense_cheaper(n, d, nh, int(max(codes_q.max(), codes_k.max())) + 1):
-        return _dense_collision_gradients(codes_q, codes_k, q, k, v, g)
     bh = b * h
     pad = bh * n
 
@@ -450,51 +472,72 @@ def _accumulate(lanes: _Lanes, source, out, scratch, rows: int, hs: int, d: int)
         out[name] += read.view(rows, hs, -1).sum(1) if hs > 1 else read
 
 
-def _dense_cheaper(n: int, d: int, nh: int, span: int) -> bool:
-    """Whether the n×n collision counts beat the lane layout (measured on CPU: up to a few thousand tokens)."""
+def _dense_cheaper(n: int) -> bool:
+    """Whether the n×n collision counts beat the lane layout (and the forward's tables): measured on CPU at
+    head_dim 64, τ 8, 32 hashes, they do up to about 1,500 tokens (at 512, 3× faster than the lanes)."""
     return n <= _DENSE_MAX
 
 
 _DENSE_MAX = 1024
-_INSTANCES = 1 << 15  # (row, hash) instances per lane layout
+_INSTANCES = 1 << 16  # (row, hash) instances per lane layout
 
 
-def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor) -> torch.Tensor:
-    """C[·, i, j] = number of hashes in which query i and key j share a bucket: (P, N, M) float, for codes
-    (P, N, num_hash) and (P, M, num_hash). Built from the colliding pairs only (sorted keys, one binary
-    search per query), O(n log n + collisions) instead of n² comparisons per hash."""
+def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """C[·, i, j] = number of hashes in which query i and key j share a bucket: (P, N, M) ``dtype``, for codes
+    (P, N, num_hash) and (P, M, num_hash).
+
+    Built from the colliding pairs only, O(n · num_hash + collisions) rather than n² comparisons per hash:
+    keys sorted by (row, hash, code), each query's partners a run of them, found by a bucket offset table
+    (or a binary search when the codes are too wide for one).
+    """
     p, n, nh = codes_q.shape
     m = codes_k.shape[1]
+    dev = codes_q.device
     span = int(max(codes_q.max(), codes_k.max())) + 1
-    problem = (
-        torch.arange(p, device=codes_q.device).view(p, 1, 1) * nh + torch.arange(nh, device=codes_q.device)
-    ) * span
+    problem = (torch.arange(p, device=dev).view(p, 1, 1) * nh + torch.arange(nh, device=dev)) * span
     keys, order = torch.sort((codes_k + problem).reshape(-1))
     queries = (codes_q + problem).reshape(-1)
-    lo = torch.searchsorted(keys, queries)
-    count = torch.searchsorted(keys, queries, right=True) - lo
-    query = torch.repeat_interleave(torch.arange(len(queries), device=keys.device), count)
-    rank = torch.arange(len(query), device=keys.device) - torch.repeat_interleave(
+    bins = p * nh * span
+    if bins <= 4 * keys.numel():
+        count = torch.bincount(keys, minlength=bins)
+        lo, count = (torch.cumsum(count, 0) - count)[queries], count[queries]
+    else:
+        lo = torch.searchsorted(keys, queries)
+        count = torch.searchsorted(keys, queries, right=True) - lo
+    query = torch.repeat_interleave(torch.arange(len(queries), device=dev), count)
+    rank = torch.arange(len(query), device=dev) - torch.repeat_interleave(
         torch.cumsum(count, 0) - count, count
     )
-    key = order[lo[query] + rank]  # flat (problem, j, hash) index of the colliding key
-    row = query // (n * nh)  # p
-    cell = (row * n + (query // nh) % n) * m + (key // nh) % m
-    return torch.bincount(cell, minlength=p * n * m).view(p, n, m).to(torch.float32)
+    key = order[lo[query] + rank]  # flat (row, j, hash) index of each colliding key
+    row_i = (
+        torch.arange(p * n, device=dev).repeat_interleave(nh) * m
+    )  # flat (row, i, hash) → (row · N + i) · M
+    col_j = torch.arange(m, device=dev).repeat_interleave(nh).repeat(p)  # flat (row, j, hash) → j
+    cell = row_i[query] + col_j[key]
+    out = torch.zeros(p * n * m, device=dev, dtype=dtype)
+    ones = torch.ones(1, device=dev, dtype=dtype).expand(len(cell))
+    return out.index_put_((cell,), ones, accumulate=True).view(p, n, m)
 
 
-def _dense_collision_gradients(codes_q, codes_k, q, k, v, g):
-    """:func:`collision_gradients` through C / num_hash (:func:`collision_counts`), a few heads at a time."""
+def mean_collisions(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """C / num_hash for (B, H, N, num_hash) codes: (B·H, N, N), the fraction of hashes each pair shares."""
+    b, h, n, nh = codes_q.shape
+    return collision_counts(codes_q.reshape(b * h, n, nh), codes_k.reshape(b * h, n, nh), dtype).div_(nh)
+
+
+def _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
+    """:func:`collision_gradients` through C / num_hash (:func:`mean_collisions`), a few heads at a time."""
     b, h, n, d = q.shape
-    nh = codes_q.shape[-1]
     gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     bh = b * h
-    step = max(1, _BUDGET // (4 * n * n))  # C's int64 counts, C and W: about 4 budgets
+    step = max(1, _BUDGET // (4 * n * n))  # C, W and the pairs behind C: about 4 budgets
     flat = [x.reshape(bh, n, x.shape[-1]) for x in (codes_q, codes_k, q, k, v, g, gq, gk, gv)]
     cq, ck, q_, k_, v_, g_, oq, ok, ov = flat
     for i in range(0, bh, step):
         s = slice(i, i + step)
-        c = collision_counts(cq[s], ck[s]).to(q.dtype).div_(nh)  # (heads, N, N)
+        c = (
+            counts[s] if counts is not None else mean_collisions(cq[s, None], ck[s, None], q.dtype)
+        )  # (·, N, N)
         w = torch.bmm(g_[s], v_[s].transpose(1, 2)).mul_(c)
         torch.bmm(w, k_[s], out=oq[s])
         torch.bmm(w.transpose(1, 2), q_[s], out=ok[s])
@@ -507,10 +550,15 @@ class _LSHCumulation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, codes_q, codes_k, tau, lsh_backward):
-        capacity = 1 << tau
+        ctx.tau, ctx.lsh_backward, ctx.counts = tau, lsh_backward, None
         ctx.save_for_backward(q, k, v, mask, codes_q, codes_k)
-        ctx.tau, ctx.lsh_backward = tau, lsh_backward
-        return cumulate(codes_q, codes_k, v, capacity)
+        b, h, n, d = v.shape
+        if not _dense_cheaper(n) or b * h * n * n > 2 * _BUDGET:
+            return cumulate(codes_q, codes_k, v, 1 << tau)
+        c = mean_collisions(codes_q, codes_k, v.dtype)  # (B·H, N, N); the backward reuses it
+        if lsh_backward:
+            ctx.counts = c
+        return torch.bmm(c, v.reshape(b * h, n, d)).view(b, h, n, d)
 
     @staticmethod
     @once_differentiable
@@ -521,5 +569,6 @@ class _LSHCumulation(torch.autograd.Function):
         if not ctx.lsh_backward:
             gq, gk, gv = expectation_backward(q, k, v, mask, g, tau)
             return gq, gk, gv, None, None, None, None, None
-        gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
+        gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g, ctx.counts)
+        ctx.counts = None
         return gq.mul_(tau / 2), gk.mul_(tau / 2), gv.mul_(mask), None, None, None, None, None

@@ -7,7 +7,8 @@ results, is :mod:`longattn_cli.bench.sweep`'s business.
 
 What is measured:
     * ``layer`` scope: the attention sublayer as transformers' ``*Attention`` modules define it: q/k/v
-      projections, the mechanism, output projection, residual and LayerNorm (no feed-forward block).
+      projections, the mechanism, output projection, residual and LayerNorm (no feed-forward block). In
+      train mode its input needs a gradient, as inside a model.
     * ``model`` scope: the whole bare encoder (embeddings and every layer; no task head).
     * ``forward`` mode: eval mode under ``torch.no_grad()``. ``train`` mode: train mode (dropout ``dropout``,
       0.1 by default as in BERT and RoBERTa pretraining, on hidden states and attention probabilities),
@@ -70,7 +71,8 @@ def _our_config(spec: dict[str, Any], layers: int) -> LongAttnConfig:
 
 def _dropouts(spec: dict[str, Any]) -> dict[str, float]:
     p = spec.get("dropout", 0.1)
-    return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
+    attention = spec["candidate"].get("attention_dropout")
+    return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p if attention is None else attention}
 
 
 def _build_ours(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
@@ -78,7 +80,7 @@ def _build_ours(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
     cand, n, b, dev = spec["candidate"], spec["n"], spec["batch"], torch.device(spec["device"])
     if spec["scope"] == "layer":
         module = AttentionBlock(LongAttnLayer(_our_config(spec, 1)))
-        x = torch.randn(b, n, spec["shape"]["hidden_size"], device=dev, dtype=_dtype(spec))
+        x = _layer_input(spec)
         mask = torch.ones(b, n, dtype=torch.bool, device=dev)  # a real model always passes a mask
         return module, lambda m: m(x, mask)
     if spec.get("model_dir"):
@@ -142,15 +144,21 @@ def _build_reference(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
     finally:
         handle.remove()
     rest = captured["args"][1:]
-    x = torch.randn(
-        spec["batch"], n, shape["hidden_size"], device=torch.device(spec["device"]), dtype=_dtype(spec)
-    )
+    x = _layer_input(spec)
 
     def run(m):
         out = m(x, *rest, **captured["kwargs"])
         return out[0] if isinstance(out, tuple) else out
 
     return module, run
+
+
+def _layer_input(spec: dict[str, Any]) -> torch.Tensor:
+    """Hidden states into a layer; in train mode they need a gradient, as in a model (where the layer below
+    takes it), so the backward computes every projection's input gradient too."""
+    dev, shape = torch.device(spec["device"]), spec["shape"]
+    x = torch.randn(spec["batch"], spec["n"], shape["hidden_size"], device=dev, dtype=_dtype(spec))
+    return x.requires_grad_(spec["mode"] == "train")
 
 
 class _Captured(Exception):
@@ -340,13 +348,43 @@ def summarize(times: list[float], tokens: int) -> dict[str, Any]:
     }
 
 
+def ceiling(spec: dict[str, Any]) -> dict[str, Any]:
+    """This machine's dense matmul rate on the run's device, dtype and threads: the roofline's ceiling.
+
+    A square product (2,048 on CPU, 8,192 on GPU) into a preallocated output, 2 untimed and 5 timed; the
+    ceiling is the best of the 5 (what the hardware can do), the median shows the noise.
+    """
+    device, dtype = torch.device(spec["device"]), _dtype(spec)
+    size = 8192 if device.type == "cuda" else 2048
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, device=device, generator=gen).to(dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    rates = []
+    for i in range(7):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        if i >= 2:
+            rates.append(2 * size**3 / (time.perf_counter() - t0) / 1e9)
+    return {
+        "gflops": max(rates),
+        "gflops_median": statistics.median(rates),
+        "method": f"torch.mm {size}×{size} {str(dtype).removeprefix('torch.')}, best of 5",
+    }
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one point; never raises for out-of-memory, a blown time budget or a failing module.
+
+    A spec ``{"ceiling": True, ...}`` measures the machine's ceiling instead (:func:`ceiling`).
 
     Returns:
         ``{"status": ok|OOM|timeout|error, ...}`` with the statistics of :func:`summarize`, ``peak_memory_bytes``
         and ``memory_method`` when ``ok``; ``message`` otherwise.
     """
+    if spec.get("ceiling"):
+        return ceiling(spec)
     device = torch.device(spec["device"])
     try:
         module, run = build(spec)

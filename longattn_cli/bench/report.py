@@ -54,6 +54,23 @@ def _pair(a: float | None, b: float | None) -> str:
     return f"{'–' if a is None else f'{a:.2f}'}/{'–' if b is None else f'{b:.2f}'}"
 
 
+def _share(p: dict[str, Any]) -> str:
+    """Percent of the ceiling, in three characters: 88, 4.3, 0.2."""
+    share = p.get("ceiling_share")
+    return "" if share is None else f"{share * 100:.0f}" if share >= 0.0995 else f"{share * 100:.1f}"
+
+
+def _baseline_note(points: list[dict[str, Any]]) -> str:
+    """Which SDPA the ÷SDPA column divides by (the points of one mode agree)."""
+    used = {p.get("sdpa_baseline") for p in points} - {None}
+    if not used:
+        return ""
+    label = used.pop()
+    if label == "softmax-sdpa-fused":
+        return " · ÷SDPA: ÷ softmax-sdpa-fused (no attention dropout: fused kernel)"
+    return f" · ÷SDPA: ÷ {label}"
+
+
 def _compact(title: str, caption: str, **spacing) -> Table:
     """A table without side borders, title and caption on the left: what fits 80 columns."""
     return Table(
@@ -78,10 +95,11 @@ def group_table(points: list[dict[str, Any]]) -> Group:
     what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
     table = _compact(
         f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
-        "ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios",
-        padding=(0, 0),  # eight columns in 80: one space between them
+        "ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios · %pk: percent of the "
+        "machine's matmul ceiling reached, by the algorithm's FLOP count" + _baseline_note(points),
+        padding=(0, 0),  # nine columns in 80: one space between them
     )
-    for name in ("attention", "ms", "IQR", "tok/s", "MiB", "÷ref t/m", "÷SDPA t/m", "status"):
+    for name in ("attention", "ms", "IQR", "tok/s", "MiB", "÷ref t/m", "÷SDPA t/m", "%pk", "status"):
         table.add_column(name, justify="left" if name in ("attention", "status") else "right", no_wrap=True)
     notes: list[str] = []
     for p in points:
@@ -99,6 +117,7 @@ def group_table(points: list[dict[str, Any]]) -> Group:
             _mib(p.get("peak_memory_bytes")) if ok else "",
             _pair(p.get("vs_reference_time"), p.get("vs_reference_memory")),
             _pair(p.get("vs_sdpa_time"), p.get("vs_sdpa_memory")),
+            _share(p) if ok else "",
             f"[{STATUS_STYLE.get(p['status'], 'cyan')}]{escape(status)}[/]",
         )
     return Group(table, *(Text(note, style="dim") for note in notes))
@@ -193,14 +212,14 @@ CSV_FIELDS = [
     "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message",
     "time_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s", "tokens_per_s", "peak_memory_bytes",
     "memory_method", "reference", "vs_reference_time", "vs_reference_memory", "sdpa_baseline",
-    "vs_sdpa_time", "vs_sdpa_memory", "settings", "times_s",
+    "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "settings", "times_s",
 ]  # fmt: skip
 MACHINE_FIELDS = ["cpu", "cpu_count", "threads", "memory_gb", "torch", "transformers", "device", "gpu"]
 
 
 def write_csv(result: dict[str, Any], path: str | Path) -> None:
     """One row per point; the machine's description is repeated on every row (``machine_*`` columns)."""
-    fields = CSV_FIELDS + [f"machine_{k}" for k in MACHINE_FIELDS] + ["dtype"]
+    fields = CSV_FIELDS + [f"machine_{k}" for k in MACHINE_FIELDS] + ["machine_ceiling_gflops", "dtype"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -209,6 +228,7 @@ def write_csv(result: dict[str, Any], path: str | Path) -> None:
             row["settings"] = json.dumps(p.get("settings"), sort_keys=True)
             row["times_s"] = json.dumps(p.get("times_s")) if p.get("times_s") is not None else None
             row.update({f"machine_{k}": result["machine"].get(k) for k in MACHINE_FIELDS})
+            row["machine_ceiling_gflops"] = (result["machine"].get("ceiling") or {}).get("gflops")
             row["dtype"] = result["options"]["dtype"]
             writer.writerow(row)
 

@@ -90,6 +90,10 @@ REFERENCES: dict[str, list[Reference]] = {
     ],
 }
 SDPA_BASELINES = ("hf-roberta-sdpa", "softmax-sdpa")
+# In train mode the baseline is softmax at its fastest: torch's SDPA leaves its fused kernel for the math path
+# (an n×n matrix) whenever attention dropout is on, so the sweep always adds this dropout-free variant there.
+FUSED = "softmax-sdpa-fused"
+TRAIN_BASELINES = (FUSED,)
 
 
 @dataclasses.dataclass
@@ -101,10 +105,14 @@ class Candidate:
     mechanism: str  # ours: its name; reference: the mechanism it is paired with
     settings: dict[str, Any]
     reference: Reference | None = None
+    modes: tuple[str, ...] = ("forward", "train")  # where it is measured
+    attention_dropout: float | None = None  # None: the run's --dropout
 
     def spec(self, n: int) -> dict[str, Any]:
         """The JSON-able description a worker builds it from, at length ``n``."""
         out = {"label": self.label, "kind": self.kind, "mechanism": self.mechanism, "settings": self.settings}
+        if self.attention_dropout is not None:
+            out["attention_dropout"] = self.attention_dropout
         if self.reference is not None:
             ref = self.reference
             cfg = _passthrough(ref.family, self.settings)
@@ -143,9 +151,12 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-def select_candidates(attention: str | None, overrides: dict[str, Any], reference: bool) -> list[Candidate]:
+def select_candidates(
+    attention: str | None, overrides: dict[str, Any], reference: bool, dropout: float = 0.1
+) -> list[Candidate]:
     """Our candidates from ``--attention`` (labels or mechanism names; all when empty) with ``--set``
-    overrides applied wherever the mechanism has that setting, then the references paired with them."""
+    overrides applied wherever the mechanism has that setting, the dropout-free SDPA baseline of train mode
+    (:data:`FUSED`), then the references paired with them."""
     from longattn_cli.attention.settings import available, make_settings, settings_class
 
     table = variants()
@@ -173,7 +184,10 @@ def select_candidates(attention: str | None, overrides: dict[str, Any], referenc
     for label, (name, settings) in picked.items():
         settings = {**settings, **{k: v for k, v in overrides.items() if k in fields[name]}}
         ours.append(Candidate(label, "ours", name, make_settings(name, settings).to_dict()))
-    return ours + (_references(ours) if reference else [])
+    if dropout > 0 or "softmax-sdpa" not in picked:  # with --dropout 0, softmax-sdpa is already the fused one
+        sdpa = make_settings("softmax", {"implementation": "sdpa"}).to_dict()
+        ours.append(Candidate(FUSED, "ours", "softmax", sdpa, modes=("train",), attention_dropout=0.0))
+    return ours + (_references([c for c in ours if c.label != FUSED]) if reference else [])
 
 
 def _references(ours: list[Candidate]) -> list[Candidate]:
@@ -205,7 +219,25 @@ def list_candidates() -> None:
     for label, (name, settings) in variants().items():
         refs = ", ".join(r.label for r in REFERENCES.get(name, []))
         table.add_row(label, name, ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults", refs)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    from longattn_cli.attention import get_mechanism
+
+    counts = _compact_table("FLOPs per head and sequence (n tokens, head width d), by which %pk is computed")
+    counts.add_column("mechanism", no_wrap=True)
+    counts.add_column("count", overflow="fold")
+    for name in dict.fromkeys(name for name, _ in variants().values()):
+        counts.add_row(name, get_mechanism(name).FLOPS)
+    counts.add_row("+ layer", "q, k, v, output projections 8·n·C² forward (C = hidden size); model scope: + "
+                   "feed-forward 4·n·C·I per layer; a backward costs 2× its forward")  # fmt: skip
+    console.print(counts)
+
+
+def _compact_table(title: str):
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
 
 
 def resolve_defaults(lengths, attention, reference, repeats, min_time, time_budget) -> dict[str, Any]:
@@ -399,7 +431,7 @@ def plan(
     """Every point of the sweep, in run order: mode, then length, then candidate."""
     for mode in MODES[opts.mode]:
         for n in opts.lengths:
-            for cand in candidates:
+            for cand in (c for c in candidates if mode in c.modes):
                 spec = dict(
                     scope=opts.scope,
                     mode=mode,
@@ -420,10 +452,48 @@ def plan(
                 yield cand, spec
 
 
+def algorithm_flops(spec: dict[str, Any]) -> float | None:
+    """Floating-point operations one step of a point needs by the algorithms' own counts (None: not counted).
+
+    The mechanism's count (``Attention.flops``, per head and sequence) times heads and batch, plus the layer's
+    projections, counted alike for every candidate: q, k, v and output, 8·n·C² forward; at model scope also
+    the feed-forward block, 4·n·C·I, in every layer. A backward step costs twice its forward (both gradients
+    of every product), except where the mechanism counts its own.
+    """
+    from longattn_cli.attention import get_mechanism, make_settings
+
+    cand, shape, n = spec["candidate"], spec["shape"], spec["n"]
+    settings = dict(cand["settings"])
+    if cand["kind"] == "reference":  # the reference's own config wins where it names one of our settings
+        settings.update({k: v for k, v in cand.get("config", {}).items() if k in settings})
+    cls = get_mechanism(cand["mechanism"])
+    c, heads = shape["hidden_size"], shape["num_heads"]
+    counted = cls.flops(make_settings(cand["mechanism"], settings), n, c // heads)
+    if counted is None:
+        return None
+    fwd, bwd = (x * heads for x in counted)
+    dense = 8.0 * n * c * c + (4.0 * n * c * shape["intermediate_size"] if spec["scope"] == "model" else 0.0)
+    fwd, bwd = fwd + dense, bwd + 2 * dense
+    layers = shape["num_layers"] if spec["scope"] == "model" else 1
+    return spec["batch"] * layers * (fwd + bwd if spec["mode"] == "train" else fwd)
+
+
+def roofline(point: dict[str, Any], flop: float | None, ceiling: float | None) -> None:
+    """Fill ``gflop`` (the step's count), ``gflops`` (achieved) and ``ceiling_share`` of a measured point."""
+    point["gflop"] = None if flop is None else flop / 1e9
+    point["gflops"] = point["ceiling_share"] = None
+    if flop is not None and point["status"] == OK and point.get("time_s"):
+        point["gflops"] = flop / point["time_s"] / 1e9
+        if ceiling:
+            point["ceiling_share"] = point["gflops"] / ceiling
+
+
 def compute_ratios(points: list[dict[str, Any]]) -> None:
     """Fill ``vs_reference_*`` (ours ÷ the paired transformers implementation) and ``vs_sdpa_*`` (÷ the SDPA
     baseline) for time and memory, from points of the same run, scope, mode and length."""
     done = {(p["mode"], p["n"], p["label"]): p for p in points if p["status"] == OK}
+    # softmax-sdpa is the train baseline only where it is the fused one (--dropout 0: no FUSED candidate)
+    train = TRAIN_BASELINES if any(p["label"] == FUSED for p in points) else ("softmax-sdpa",)
     for p in points:
         for key in (
             "vs_reference_time",
@@ -443,7 +513,7 @@ def compute_ratios(points: list[dict[str, Any]]) -> None:
                     p["reference"] = ref.label
                     p["vs_reference_time"], p["vs_reference_memory"] = _ratio(p, theirs)
                     break
-        for label in SDPA_BASELINES:
+        for label in train if p["mode"] == "train" else SDPA_BASELINES:
             base = done.get((p["mode"], p["n"], label))
             if base is not None:
                 p["sdpa_baseline"] = label
@@ -473,7 +543,7 @@ def run(
     opts.check()
     if plot_path:
         report.require_matplotlib()
-    candidates = select_candidates(opts.attention, opts.settings, opts.reference)
+    candidates = select_candidates(opts.attention, opts.settings, opts.reference, opts.dropout)
     from longattn_cli.devices import pick_device, pick_dtype  # torch: after the checks that need none
 
     pick_dtype(opts.dtype)
@@ -490,6 +560,9 @@ def run(
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C keeps what was measured
     try:
+        result["machine"]["ceiling"] = runner.measure(
+            {"ceiling": True, "device": device, "dtype": opts.dtype}
+        )
         _sweep(result, list(plan(opts, candidates, shape, model_dir, device)), runner, device)
     except KeyboardInterrupt:  # keep what was measured: the files are written, then the CLI exits 130
         interrupted = result["interrupted"] = True
@@ -529,6 +602,7 @@ def _sweep(result: dict[str, Any], specs: list, runner, device: str) -> None:
                 point.update(runner.measure(spec))
                 if point["status"] in (TIMEOUT, OOM):
                     stopped[key] = point["status"]
+            roofline(point, algorithm_flops(spec), result["machine"]["ceiling"].get("gflops"))
             result["points"].append(point)
             compute_ratios(result["points"])
             live.finish(point)
