@@ -33,9 +33,6 @@ from longattn_cli.attention.base import Attention, register
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
 
-# Elements of key/value windows built at once (64 MiB in fp32); longer inputs go in chunks of blocks.
-_BUDGET = 1 << 24
-
 
 @register
 class LSGAttention(Attention):
@@ -119,48 +116,18 @@ class LSGAttention(Attention):
                 q[:, :, :1], kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0]
             )  # (B, H, L/f, D)
             sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
-        parts = (q, kp, vp, mp, kg, vg, sk, sv, sm)
-        # Every block's key window is K = g + 2·sbs + 3·bs rows, ~5× the keys themselves: in chunks of
-        # blocks whose windows fit the scratch budget. In training, a chunk's windows are rebuilt in the
-        # backward instead of kept (checkpointed), so the memory stays that of one chunk at any length.
-        per_block = h * (g + 2 * s.sparse_block_size + 3 * bs) * d * (2 if torch.is_grad_enabled() else 1)
-        step = max(1, _BUDGET // (b * per_block))
-        if step >= blocks:
-            out = self._blocks(0, blocks, *parts)
-        else:
-            from torch.utils.checkpoint import checkpoint
-
-            chunks = []
-            for i in range(0, blocks, step):
-                j = min(blocks, i + step)
-                if torch.is_grad_enabled():
-                    # the dropout mask is redrawn identically in the recomputation (RNG state preserved)
-                    chunks.append(checkpoint(self._blocks, i, j, *parts, use_reentrant=False))
-                else:
-                    chunks.append(self._blocks(i, j, *parts))
-            out = torch.cat(chunks, dim=2)
-        return torch.cat([global_out, out[:, :, :length]], dim=2)
-
-    def _blocks(self, i, j, q, kp, vp, mp, kg, vg, sk, sv, sm):
-        """Attention of blocks [i, j): (B, H, (j - i)·bs, D)."""
-        bs, g = self.settings.block_size, kg.shape[2]
-        b, h, _, d = q.shape
-        nb = j - i
-        window = slice(i * bs, (j + 2) * bs)  # the chunk's blocks and one neighbour block each side
-        sk, sv, sm = ([x[:, :, i:j] for x in part] for part in (sk, sv, sm))
-        keys = self._per_block(kp[:, :, window], kg, sk)  # (B, H, nb, K, D)
-        values = self._per_block(vp[:, :, window], vg, sv)
-        masks = self._per_block(mp[:, :, window], torch.ones_like(mp[:, :, :g]), sm)[
-            ..., 0
-        ]  # (B, 1|H, nb, K)
+        keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
+        values = self._per_block(vp, vg, sv)
+        masks = self._per_block(mp, torch.ones_like(mp[:, :, :g]), sm)[..., 0]  # (B, 1 or H, nb, K)
         p = self.dropout if self.training else 0.0
         # Blocks folded into the head axis: 4-D inputs take torch's fused kernels (5-D ones fall back to
         # the math path, 3-4x slower on CPU).
-        k4, v4 = keys.view(b, h * nb, -1, d), values.view(b, h * nb, -1, d)  # (B, H·nb, K, D)
-        m4 = masks.expand(b, h, nb, -1).reshape(b, h * nb, 1, -1)  # (B, H·nb, 1, K)
-        qb = q[:, :, i * bs : j * bs].reshape(b, h * nb, bs, d)
-        out = F.scaled_dot_product_attention(qb, k4, v4, attn_mask=m4, dropout_p=p)
-        return out.reshape(b, h, nb * bs, d)
+        k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
+        m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p
+        )
+        return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
 
     def _per_block(self, xp, xg, sparse):
         """What every block attends to, as one tensor (B, H, nb, K, D): globals | sparse windows (left,

@@ -407,36 +407,36 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
     nh = codes_q.shape[-1]
     bh = b * h
-    pad = bh * n
-
-    def rows_of(*xs):  # (B·H·N + 1, width): one zero row for empty lanes
-        return torch.cat([torch.cat([x.reshape(pad, d) for x in xs], 1), q.new_zeros(1, len(xs) * d)])
-
-    source = {"qg": rows_of(q, g), "kv": rows_of(k, v)}
-    out = {"q": q.new_zeros(pad, d), "kv": q.new_zeros(pad, 2 * d)}
+    out = {"q": q.new_zeros(bh * n, d), "kv": q.new_zeros(bh * n, 2 * d)}  # ∂k | ∂v side by side
     scratch = _Scratch(q)
     span = int(max(codes_q.max(), codes_k.max())) + 1  # bucket ids of one (row, hash) problem
-    heads = min(bh, max(1, _INSTANCES // n))  # per layout: its scratch is ~2.6 KB per (row, hash) instance
+    heads = min(bh, max(1, _INSTANCES // n))  # per layout: its scratch is ~3.5 KB per (row, hash) instance
     group = max(1, _INSTANCES // (heads * n))  # hashes per layout
-    rows = torch.arange(pad, device=q.device).view(bh, n, 1)
-    cq, ck = codes_q.reshape(bh, n, nh), codes_k.reshape(bh, n, nh)
+    flat = [x.reshape(bh, n, -1) for x in (q, g, k, v, codes_q, codes_k)]
     for h0 in range(0, bh, heads):
         hh = slice(h0, min(bh, h0 + heads))
+        q_, g_, k_, v_, cq, ck = (x[hh] for x in flat)
+        rows = (hh.stop - hh.start) * n  # rows of this chunk of heads; row ``rows`` is zeros (empty lanes)
+        source = {
+            "qg": torch.cat([torch.cat([q_, g_], -1).view(rows, 2 * d), q.new_zeros(1, 2 * d)]),
+            "kv": torch.cat([torch.cat([k_, v_], -1).view(rows, 2 * d), q.new_zeros(1, 2 * d)]),
+        }
         part = {name: x[hh.start * n : hh.stop * n] for name, x in out.items()}
+        index = torch.arange(rows, device=q.device).view(-1, n, 1)
         for f0 in range(0, nh, group):
             hs = min(nh, f0 + group) - f0
             ids = torch.arange(hh.stop - hh.start, device=q.device).view(-1, 1, 1) * hs
             problem = (ids + torch.arange(hs, device=q.device)) * span  # bucket ids of (head, hash) problems
             lanes = _Lanes(
-                (cq[hh, :, f0 : f0 + hs] + problem).reshape(-1),
-                (ck[hh, :, f0 : f0 + hs] + problem).reshape(-1),
-                rows[hh].expand(-1, n, hs).reshape(-1),
-                pad,
+                (cq[..., f0 : f0 + hs] + problem).reshape(-1),
+                (ck[..., f0 : f0 + hs] + problem).reshape(-1),
+                index.expand(-1, n, hs).reshape(-1),
+                rows,
                 d,
             )
-            _accumulate(lanes, source, part, scratch, (hh.stop - hh.start) * n, hs, d)
-    gkv = out["kv"].div_(nh)
-    return out["q"].div_(nh).view(b, h, n, d), gkv[:, :d].reshape(b, h, n, d), gkv[:, d:].reshape(b, h, n, d)
+            _accumulate(lanes, source, part, scratch, rows, hs, d)
+    gkv = out["kv"].div_(nh).view(b, h, n, 2 * d)
+    return out["q"].div_(nh).view(b, h, n, d), gkv[..., :d], gkv[..., d:]  # views: no copy of either
 
 
 def _accumulate(lanes: _Lanes, source, out, scratch, rows: int, hs: int, d: int) -> None:
@@ -479,7 +479,7 @@ def _dense_cheaper(n: int) -> bool:
 
 
 _DENSE_MAX = 1024
-_INSTANCES = 1 << 16  # (row, hash) instances per lane layout
+_INSTANCES = 1 << 15  # (row, hash) instances per lane layout
 
 
 def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
