@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Re-measure the README's Performance tables (and the throughput table) on this machine, alone on it:
+#   bash scripts/performance.sh [OUT]        # OUT defaults to results/performance
+# (python -m longattn_cli: the checkout it runs in, whatever is installed.) Each step writes JSON, CSV and a plot (or a text file) into OUT; the README quotes them.
+set -euo pipefail
+out=${1:-results/performance}
+mkdir -p "$out"
+common=(--repeats 3 --min-time 0 --threads 2)
+efficient=yoso-lsh,yoso-lsh-ebwd,nystrom,lsg-norm,lsg-bos_pooling,lsg-pooling,lsg-stride,lsg-block_stride
+python -m longattn_cli benchmark --scope layer --mode both --lengths 512,4096,16384 --attention "$efficient,softmax-sdpa" \
+    --reference --time-budget 180 "${common[@]}" \
+    --json "$out/layer.json" --csv "$out/layer.csv" --plot "$out/layer.png" | tee "$out/layer.txt"
+python -m longattn_cli benchmark --scope model --model-size base --mode forward --lengths 1024,4096 \
+    --attention yoso-lsh,nystrom,lsg-norm,softmax-sdpa --reference --time-budget 120 "${common[@]}" \
+    --json "$out/model.json" --csv "$out/model.csv" --plot "$out/model.png" | tee "$out/model.txt"
+python scripts/train_throughput.py --size base --steps 4 | tee "$out/throughput.txt"
