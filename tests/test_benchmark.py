@@ -420,16 +420,18 @@ def test_help_lists_benchmark(capsys):
 
 
 def test_tables_fit_80_columns_and_no_cell_wraps():
-    """Every column of a train-mode group at 80 columns, long messages as footnotes, labels whole."""
+    """Every column of a train-mode group at 80 columns with the widest values a sweep gives (no cell cut
+    short), long messages as footnotes, labels whole."""
     from rich.console import Console
 
     from longattn_cli.bench.report import group_table, summary_tables
 
     base = dict(kind="ours", scope="layer", mode="train", n=16384, batch=1)
-    ok = dict(base, status="ok", time_s=12.345, time_q1_s=12.1, time_q3_s=12.6, tokens_per_s=1327.0,
-              peak_memory_bytes=3_100 * 2**20, vs_reference_time=0.57, vs_reference_memory=3.81,
-              vs_sdpa_time=0.31, vs_sdpa_memory=12.25, ceiling_share=0.043)  # fmt: skip
+    ok = dict(base, status="ok", time_s=12.345, time_q1_s=12.1, time_q3_s=13.2, tokens_per_s=19_248.0,
+              peak_memory_bytes=12_410 * 2**20, vs_reference_time=0.57, vs_reference_memory=3.81,
+              vs_sdpa_time=4.36, vs_sdpa_memory=127.25, ceiling_share=0.043)  # fmt: skip
     points = [
+        dict(ok, label="softmax-sdpa-fused"),
         dict(ok, label="lsg-block_stride"),
         dict(ok, label="yoso-lsh-ebwd"),
         dict(
@@ -446,18 +448,12 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
     for table in summary_tables(points):
         console.print(table)
     text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80, text
-    for word in (
-        "lsg-block_stride",
-        "hf-nystromformer",
-        "÷SDPA t/m",
-        "%pk",
-        "4.3",
-        "unavailable [1]",
-        "OOM [2]",
-    ):
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+    for word in ("softmax-sdpa-fused", "hf-nystromformer", "÷SDPA t/m", "%pk", "4.3", "1.1k", "19k", "12.1G"):
         assert word in text, (word, text)
-    assert "[1] hf-nystromformer: transformers' Nystromformer needs the length" in text
+    for word in ("4.36/127", "n/a [1]", "OOM [2]"):
+        assert word in text, (word, text)
+    assert "[1] hf-nystromformer unavailable: transformers' Nystromformer needs the length" in text
 
 
 def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monkeypatch):

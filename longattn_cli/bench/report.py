@@ -51,7 +51,29 @@ def _mib(nbytes: int | None) -> str:
 def _pair(a: float | None, b: float | None) -> str:
     if a is None and b is None:
         return ""
-    return f"{'–' if a is None else f'{a:.2f}'}/{'–' if b is None else f'{b:.2f}'}"
+    return f"{_ratio(a)}/{_ratio(b)}"
+
+
+def _ratio(x: float | None) -> str:
+    """At most four characters: 0.38, 4.36, 27.5, 127."""
+    return "–" if x is None else f"{x:.2f}" if x < 9.995 else f"{x:.1f}" if x < 99.95 else f"{x:.0f}"
+
+
+def _short(x: float) -> str:
+    """At most four characters, for a spread or a rate: 7.13, 289, 1.1k, 19k."""
+    return f"{x:.3g}" if x < 999.5 else f"{x / 1e3:.1f}k" if x < 9950 else f"{x / 1e3:.0f}k"
+
+
+def _mem(nbytes: int | None) -> str:
+    """At most five characters with the unit: 46.8M, 332M, 3.1G."""
+    if nbytes is None:
+        return ""
+    mib = nbytes / 2**20
+    return f"{mib:.3g}M" if mib < 999.5 else f"{mib / 1024:.1f}G"
+
+
+# Status words in the group table (the footnote says the rest): short enough for nine columns in 80.
+_STATUS_WORDS = {"unavailable": "n/a"}
 
 
 def _share(p: dict[str, Any]) -> str:
@@ -95,11 +117,11 @@ def group_table(points: list[dict[str, Any]]) -> Group:
     what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
     table = _compact(
         f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
-        "ms: median step · IQR: quartile spread · ÷ t/m: time/memory ratios · %pk: percent of the "
+        "ms: median step · IQR: quartile spread · mem: peak · ÷ t/m: time/memory ratios · %pk: percent of the "
         "machine's matmul ceiling reached, by the algorithm's FLOP count" + _baseline_note(points),
         padding=(0, 0),  # nine columns in 80: one space between them
     )
-    for name in ("attention", "ms", "IQR", "tok/s", "MiB", "÷ref t/m", "÷SDPA t/m", "%pk", "status"):
+    for name in ("attention", "ms", "IQR", "tok/s", "mem", "÷ref t/m", "÷SDPA t/m", "%pk", "status"):
         table.add_column(name, justify="left" if name in ("attention", "status") else "right", no_wrap=True)
     notes: list[str] = []
     for p in points:
@@ -107,14 +129,14 @@ def group_table(points: list[dict[str, Any]]) -> Group:
         name = escape(p["label"]) if p["kind"] == "ours" else f"[italic]{escape(p['label'])}[/]"
         status = p["status"]
         if not ok and status != "running" and p.get("message"):
-            notes.append(f"[{len(notes) + 1}] {p['label']}: {p['message']}")
-            status = f"{status} [{len(notes)}]"
+            notes.append(f"[{len(notes) + 1}] {p['label']} {status}: {p['message']}")
+            status = f"{_STATUS_WORDS.get(status, status)} [{len(notes)}]"
         table.add_row(
             name,
             _ms(p.get("time_s")) if ok else "",
-            _ms(p["time_q3_s"] - p["time_q1_s"]) if ok else "",
-            f"{p['tokens_per_s']:,.0f}" if ok else "",
-            _mib(p.get("peak_memory_bytes")) if ok else "",
+            _short((p["time_q3_s"] - p["time_q1_s"]) * 1e3) if ok else "",
+            _short(p["tokens_per_s"]) if ok else "",
+            _mem(p.get("peak_memory_bytes")) if ok else "",
             _pair(p.get("vs_reference_time"), p.get("vs_reference_memory")),
             _pair(p.get("vs_sdpa_time"), p.get("vs_sdpa_memory")),
             _share(p) if ok else "",
