@@ -135,7 +135,9 @@ def group_table(points: list[dict[str, Any]]) -> Group:
             name,
             _ms(p.get("time_s")) if ok else "",
             _short((p["time_q3_s"] - p["time_q1_s"]) * 1e3) if ok else "",
-            _short(p["tokens_per_s"]) if ok else "",
+            (f"{p['tokens_per_s']:,.0f}" if p["tokens_per_s"] < 9999.5 else _short(p["tokens_per_s"]))
+            if ok
+            else "",
             _mem(p.get("peak_memory_bytes")) if ok else "",
             _pair(p.get("vs_reference_time"), p.get("vs_reference_memory")),
             _pair(p.get("vs_sdpa_time"), p.get("vs_sdpa_memory")),
