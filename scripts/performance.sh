@@ -10,6 +10,11 @@ efficient=yoso-lsh,yoso-lsh-ebwd,nystrom,lsg-norm,lsg-bos_pooling,lsg-pooling,ls
 python -m longattn_cli benchmark --scope layer --mode both --lengths 512,4096,16384 --attention "$efficient,softmax-sdpa" \
     --reference --time-budget 180 "${common[@]}" \
     --json "$out/layer.json" --csv "$out/layer.csv" --plot "$out/layer.png" | tee "$out/layer.txt"
+# Training at 16,384 tokens without any dropout, so every SDPA (softmax's and LSG's blocks) is the fused one,
+# with the time budget the fused softmax needs there (about 35 s a step).
+python -m longattn_cli benchmark --scope layer --mode train --lengths 16384 --dropout 0 \
+    --attention "${efficient/yoso-lsh-ebwd,/},softmax-sdpa" --reference --time-budget 400 "${common[@]}" \
+    --json "$out/layer-16k-train.json" --csv "$out/layer-16k-train.csv" | tee "$out/layer-16k-train.txt"
 python -m longattn_cli benchmark --scope model --model-size base --mode forward --lengths 1024,4096 \
     --attention yoso-lsh,nystrom,lsg-norm,softmax-sdpa --reference --time-budget 120 "${common[@]}" \
     --json "$out/model.json" --csv "$out/model.csv" --plot "$out/model.png" | tee "$out/model.txt"
