@@ -29,8 +29,9 @@ def cell(p: dict | None) -> str:
         return p["status"]
     share = p.get("ceiling_share")
     pk = "" if share is None else f" · {share * 100:.0f}%" if share >= 0.0995 else f" · {share * 100:.1f}%"
-    iqr = p["time_q3_s"] - p["time_q1_s"]
-    return f"{_ms(p['time_s'])} ±{_ms(iqr / 2)} · {_mib(p.get('peak_memory_bytes'))}{pk}"
+    half = (p["time_q3_s"] - p["time_q1_s"]) / 2 * 1e3
+    spread = f"{half:,.0f}" if half >= 10 else f"{half:.2g}"
+    return f"{_ms(p['time_s'])} ±{spread} · {_mib(p.get('peak_memory_bytes'))}{pk}"
 
 
 def ratio(p: dict | None) -> str:
@@ -58,10 +59,14 @@ def tables(path: str) -> str:
         head = "| attention | " + " | ".join(f"{n:,}" for n in lengths) + " |"
         rule = "| --- | " + " | ".join("---:" for _ in lengths) + " |"
         out += [f"\n{what} (median ms ±half the IQR · peak MiB · % of the ceiling):\n", head, rule]
-        out += [f"| `{lab}` | " + " | ".join(cell(by.get((lab, n))) for n in lengths) + " |" for lab in labels]
+        out += [
+            f"| `{lab}` | " + " | ".join(cell(by.get((lab, n))) for n in lengths) + " |" for lab in labels
+        ]
         base = {p.get("sdpa_baseline") for p in rows} - {None}
         out += [f"\n{what}, time / memory ÷ `{', '.join(sorted(base))}`:\n", head, rule]
-        out += [f"| `{lab}` | " + " | ".join(ratio(by.get((lab, n))) for n in lengths) + " |" for lab in labels]
+        out += [
+            f"| `{lab}` | " + " | ".join(ratio(by.get((lab, n))) for n in lengths) + " |" for lab in labels
+        ]
     return "\n".join(out)
 
 

@@ -61,7 +61,8 @@ def test_layer_sweep_both_modes_with_reference(tmp_path, capsys):
             assert p["gflop"] > 0 and p["gflops"] == pytest.approx(p["gflop"] / p["time_s"])
             assert p["ceiling_share"] == pytest.approx(p["gflops"] / data["machine"]["ceiling"]["gflops"])
     m = data["machine"]
-    assert m["ceiling"]["gflops"] > 0 and m["ceiling"]["method"].startswith("torch.mm 2048")
+    assert m["ceiling"]["gflops"] == max(m["ceiling"]["readings_gflops"]) > 0  # before and after the sweep
+    assert m["ceiling"]["method"].startswith("torch.mm 2048") and len(m["ceiling"]["readings_gflops"]) == 2
     assert m["cpu"] and m["threads"] == 1 and m["torch"] == torch.__version__
     assert m["device"] == "cpu" and m["gpu"] is None
     assert data["options"]["shape"]["hidden_size"] == 16 and data["options"]["shape"]["num_heads"] == 2

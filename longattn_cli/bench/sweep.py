@@ -488,6 +488,21 @@ def roofline(point: dict[str, Any], flop: float | None, ceiling: float | None) -
             point["ceiling_share"] = point["gflops"] / ceiling
 
 
+def _best_ceiling(result: dict[str, Any], again: dict[str, Any]) -> None:
+    """The ceiling is measured before and after the sweep; on a shared machine one reading can be low, so
+    the higher one is the ceiling, and every point's share is taken against it."""
+    first = result["machine"]["ceiling"]
+    readings = [r.get("gflops") for r in (first, again) if r.get("gflops")]
+    if not readings:
+        return
+    best = dict(first if first.get("gflops") == max(readings) else again, readings_gflops=readings)
+    best["method"] = f"{best.get('method', '')}; the higher of the readings before and after the sweep"
+    result["machine"]["ceiling"] = best
+    for p in result["points"]:
+        if p.get("gflops"):
+            p["ceiling_share"] = p["gflops"] / best["gflops"]
+
+
 def compute_ratios(points: list[dict[str, Any]]) -> None:
     """Fill ``vs_reference_*`` (ours ÷ the paired transformers implementation) and ``vs_sdpa_*`` (÷ the SDPA
     baseline) for time and memory, from points of the same run, scope, mode and length."""
@@ -559,11 +574,11 @@ def run(
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C keeps what was measured
+    ceiling = {"ceiling": True, "device": device, "dtype": opts.dtype}
     try:
-        result["machine"]["ceiling"] = runner.measure(
-            {"ceiling": True, "device": device, "dtype": opts.dtype}
-        )
+        result["machine"]["ceiling"] = runner.measure(ceiling)
         _sweep(result, list(plan(opts, candidates, shape, model_dir, device)), runner, device)
+        _best_ceiling(result, runner.measure(ceiling))
     except KeyboardInterrupt:  # keep what was measured: the files are written, then the CLI exits 130
         interrupted = result["interrupted"] = True
     finally:
