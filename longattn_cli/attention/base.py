@@ -62,6 +62,12 @@ class Attention(nn.Module):
         raise NotImplementedError
 
 
+def softmax_flops(n: int, d: int) -> tuple[float, float]:
+    """Exact attention's count per head: 4·n²·d forward (q kᵀ, p v), 8·n²·d backward (∂p, ∂v, ∂q, ∂k); the
+    mechanisms that fall back to it on short inputs count it so too."""
+    return 4.0 * n * n * d, 8.0 * n * n * d
+
+
 _REGISTRY: dict[str, type[Attention]] = {}
 
 

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.base import Attention, register, softmax_flops
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
 
@@ -51,7 +51,7 @@ class LSGAttention(Attention):
         s = settings
         g, bs = s.num_global_tokens, s.block_size
         if n - g <= 2 * bs:
-            return 4.0 * n * n * d, 8.0 * n * n * d
+            return softmax_flops(n, d)
         length = -(-(n - g) // bs) * bs
         keys = g + 3 * bs + (2 * s.sparse_block_size if s.uses_sparse else 0)
         fwd = 4.0 * length * keys * d + 4.0 * g * n * d

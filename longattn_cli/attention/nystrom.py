@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.base import Attention, register, softmax_flops
 from longattn_cli.attention.settings import PINV_INITS, NystromSettings  # noqa: F401
 
 
@@ -118,7 +118,7 @@ class NystromAttention(Attention):
     def flops(cls, settings, n, d):
         m, k = settings.num_landmarks, settings.conv_kernel_size
         if n <= m:
-            fwd = 4.0 * n * n * d
+            fwd = softmax_flops(n, d)[0]  # exact attention; its backward is 2× as well
         else:
             fwd = 8.0 * n * m * d + 4.0 * m * m * d + 8.0 * m**3 * settings.pinv_iterations
         conv = 0.0 if k is None else 2.0 * n * d * k

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.base import Attention, register, softmax_flops
 from longattn_cli.attention.settings import IMPLEMENTATIONS, SoftmaxSettings  # noqa: F401
 
 
@@ -21,7 +21,7 @@ class SoftmaxAttention(Attention):
 
     @classmethod
     def flops(cls, settings, n, d):
-        return 4.0 * n * n * d, 8.0 * n * n * d
+        return softmax_flops(n, d)
 
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0

@@ -222,8 +222,9 @@ def list_candidates() -> None:
     console = Console()
     console.print(table)
     from longattn_cli.attention import get_mechanism
+    from longattn_cli.bench.report import _compact
 
-    counts = _compact_table("FLOPs per head and sequence (n tokens, head width d), by which %pk is computed")
+    counts = _compact("FLOPs per head and sequence (n tokens, head width d), by which %pk is computed", "")
     counts.add_column("mechanism", no_wrap=True)
     counts.add_column("count", overflow="fold")
     for name in dict.fromkeys(name for name, _ in variants().values()):
@@ -231,13 +232,6 @@ def list_candidates() -> None:
     counts.add_row("+ layer", "q, k, v, output projections 8·n·C² forward (C = hidden size); model scope: + "
                    "feed-forward 4·n·C·I per layer; a backward costs 2× its forward")  # fmt: skip
     console.print(counts)
-
-
-def _compact_table(title: str):
-    from rich import box
-    from rich.table import Table
-
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
 
 
 def resolve_defaults(lengths, attention, reference, repeats, min_time, time_budget) -> dict[str, Any]:
