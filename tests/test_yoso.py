@@ -244,16 +244,25 @@ ROUTES = {
 
 @pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("n,tau,d", [(60, 3, 4), (12, 9, 4), (200, 4, 8), (70, 2, 16)])
-def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, monkeypatch):
+@pytest.mark.parametrize("layout", ["contiguous", "heads transposed"])
+def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, layout, monkeypatch):
     """Every route of the LSH backward computes the paper's sums exactly: Σ_j c_ij (g_i·v_j) k_j,
-    Σ_i c_ij (g_i·v_j) q_i and Σ_i c_ij g_i, with c_ij the fraction of hashes where i and j collide."""
+    Σ_i c_ij (g_i·v_j) q_i and Σ_i c_ij g_i, with c_ij the fraction of hashes where i and j collide.
+
+    Also for (B, N, H, D) tensors seen as (B, H, N, D), the layout the model's projections hand over: the
+    n×n route once left its outputs unwritten there (bmm into reshaped copies), so training blew up."""
     for name, value in ROUTES[route].items():
         monkeypatch.setattr(f"longattn_cli.attention.yoso.{name}", value)
     gen = torch.Generator().manual_seed(n + d)
     codes_q, codes_k = (
         torch.randint(0, 2**tau, (2, 3, n, 5), generator=gen, dtype=torch.int32) for _ in range(2)
     )
-    q, k, v, g = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    if layout == "contiguous":
+        q, k, v, g = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    else:
+        q, k, v, g = (
+            torch.randn(2, n, 3, d, generator=gen, dtype=torch.float64).transpose(1, 2) for _ in range(4)
+        )
     c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)  # (B, H, N, N)
     w = c * (g @ v.transpose(-1, -2))
     gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)

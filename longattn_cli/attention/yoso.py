@@ -528,7 +528,9 @@ def mean_collisions(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.fl
 def _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     """:func:`collision_gradients` through C / num_hash (:func:`mean_collisions`), a few heads at a time."""
     b, h, n, d = q.shape
-    gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous outputs whatever the inputs' strides (q arrives as a transposed view of the projections):
+    # the reshapes below must be views, or the bmm's ``out=`` would fill copies and leave these unwritten.
+    gq, gk, gv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
     bh = b * h
     step = max(1, _BUDGET // (4 * n * n))  # C, W and the pairs behind C: about 4 budgets
     flat = [x.reshape(bh, n, x.shape[-1]) for x in (codes_q, codes_k, q, k, v, g, gq, gk, gv)]
