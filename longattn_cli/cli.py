@@ -67,7 +67,8 @@ def fill_mask_cmd(
 
 data_app = typer.Typer(help="Build datasets: LRA ListOps and byte-level text.", no_args_is_help=True)
 lra_app = typer.Typer(
-    help="Long Range Arena: compare runs with the published accuracies.", no_args_is_help=True
+    help="Long Range Arena: train every mechanism on a task, and compare runs with the published accuracies.",
+    no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(lra_app, name="lra")
@@ -108,11 +109,49 @@ def data_text_cmd(
 def lra_report_cmd(
     runs: list[str] = typer.Argument(..., help="Output directories of `longattn finetune` LRA runs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    save: str = typer.Option(
+        None, "--save", help="Also write the table to SAVE.txt and the rows to SAVE.json."
+    ),
 ):
     """Test accuracies of LRA runs next to the published ones, with training time and peak memory."""
     from longattn_cli.lra.report import report
 
-    report(runs, as_json)
+    report(runs, as_json, save)
+
+
+@lra_app.command("run")
+def lra_run_cmd(
+    task: str = typer.Argument(..., help="listops or text."),
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Recipe overrides for every run, key=value, e.g. training.max_steps=100.",
+        show_default=False,
+    ),
+    scale: str = typer.Option(
+        "cpu",
+        help="cpu (recipes/lra/cpu/: each run under 20 minutes on 2 cores) or paper (the papers' setting).",
+    ),
+    attention: str = typer.Option(
+        None, help="Comma-separated mechanisms; default: softmax,yoso,nystrom,lsg."
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Where the runs go (OUT/TASK-MECHANISM); default runs/lra-SCALE."
+    ),
+    source: str = typer.Option(
+        None,
+        help="text: a local aclImdb folder or train/test files, when data/lra/text is missing and offline.",
+    ),
+    recipes: str = typer.Option(None, help="Folder holding lra/ (default: the recipes of this checkout)."),
+):
+    """Train every mechanism on an LRA task in turn (data built if missing), then print lra report's table.
+
+    Resumable: finished runs are skipped, an interrupted one continues from its last checkpoint. The table is also written to OUT/TASK.txt and OUT/TASK.json.
+    """
+    from longattn_cli.lra.run import run
+
+    code = run(task, scale, attention, out, overrides, source, recipes)
+    if code:
+        sys.exit(code)
 
 
 @app.command("benchmark")

@@ -177,7 +177,8 @@ def test_report_puts_runs_next_to_published(tmp_path, capsys):
     assert code == 2 and "no summary.json" in err
 
 
-LRA_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "lra").glob("*.yaml"))
+LRA_DIR = Path(__file__).resolve().parents[1] / "recipes" / "lra"
+LRA_RECIPES = sorted(LRA_DIR.glob("**/*.yaml"))  # the paper scale and cpu/
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +199,13 @@ def lra_data(tmp_path_factory):
     return root
 
 
-def test_every_task_and_mechanism_has_an_lra_recipe():
-    names = {p.stem for p in LRA_RECIPES}
-    assert {f"{t}-{m}" for t in ("listops", "text") for m in ("softmax", "yoso", "nystrom", "lsg")} <= names
+def test_every_task_and_mechanism_has_an_lra_recipe_at_both_scales():
+    names = {p.relative_to(LRA_DIR).as_posix() for p in LRA_RECIPES}
+    each = {f"{t}-{m}.yaml" for t in ("listops", "text") for m in ("softmax", "yoso", "nystrom", "lsg")}
+    assert each | {f"cpu/{n}" for n in each} <= names
 
 
-@pytest.mark.parametrize("path", LRA_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LRA_RECIPES, ids=lambda p: p.relative_to(LRA_DIR).as_posix())
 def test_lra_recipe_smoke_run(path, lra_data, tmp_path):
     """Each LRA recipe trains from scratch (tiny data, 2 steps) and its run reports a test accuracy."""
     from longattn_cli.training import finetune
@@ -232,6 +234,84 @@ def test_lra_recipe_smoke_run(path, lra_data, tmp_path):
     assert 0 <= row["accuracy"] <= 100 and row["steps"] == 2 and row["peak_memory_mb"] > 0
 
 
+SMOKE = [  # the CPU recipes at toy size: 2 steps on 24 trees
+    "data.max_length=128",
+    "training.max_steps=2",
+    "training.warmup_steps=1",
+    "training.batch_size=4",
+    "training.eval_every=2",
+    "training.save_every=1",
+]
+
+
+def test_lra_run_builds_data_trains_each_mechanism_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    """One command: the data built where the recipes read it, each mechanism trained in its own process, a
+    finished run skipped, an interrupted one resumed from its checkpoint, the table printed and saved."""
+    from longattn_cli.lra import run as lra_run
+
+    monkeypatch.chdir(tmp_path)
+    tiny = {"train": 24, "validation": 8, "test": 8, "min_length": 20, "max_length": 120}
+    monkeypatch.setitem(lra_run.LISTOPS, "cpu", tiny)
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    code, out, err = run(
+        ["lra", "run", "listops", "--attention", "softmax,lsg", "-o", "sweep", *SMOKE, cache], capsys
+    )
+    assert code == 0, err
+    assert len((tmp_path / "data/lra/listops-cpu/train.jsonl").read_text().splitlines()) == 24
+    rows = {r["attention"]: r for r in json.loads((tmp_path / "sweep/listops.json").read_text())}
+    assert set(rows) == {"softmax", "lsg"} and all(r["steps"] == 2 for r in rows.values())
+    assert all(0 < r["majority"] < 100 and r["tokens_per_s"] > 0 for r in rows.values())
+    assert "major" in out and "listops  softmax" in (tmp_path / "sweep/listops.txt").read_text()
+
+    # softmax finished; lsg "was interrupted" after its checkpoints: it resumes and runs one more step.
+    done = (tmp_path / "sweep/listops-softmax/summary.json").stat().st_mtime_ns
+    (tmp_path / "sweep/listops-lsg/summary.json").unlink()
+    code, out, err = run(
+        [
+            "lra",
+            "run",
+            "listops",
+            "--attention",
+            "softmax,lsg",
+            "-o",
+            "sweep",
+            *SMOKE,
+            cache,
+            "training.max_steps=3",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (tmp_path / "sweep/listops-softmax/summary.json").stat().st_mtime_ns == done
+    assert "done, skipped" in err
+    lsg = json.loads((tmp_path / "sweep/listops-lsg/summary.json").read_text())
+    assert lsg["steps"] == 3
+    lines = [json.loads(x) for x in (tmp_path / "sweep/listops-lsg/metrics.jsonl").read_text().splitlines()]
+    evals = [x["step"] for x in lines if "eval_accuracy" in x]
+    assert evals.count(2) == 1 and evals[-1] == 3, "resumed after step 2, not restarted"
+
+
+def test_lra_run_stops_at_a_failed_run_and_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    listops.write(
+        listops.ListOpsSpec(train=24, validation=8, test=8, min_length=20, max_length=120),
+        tmp_path / "data/lra/listops-cpu",
+    )
+    code, out, err = run(["lra", "run", "listops", "-o", "sweep", "training.max_steps=-1"], capsys)
+    assert code == 2 and "listops-softmax stopped with exit code 2" in err
+    assert not (tmp_path / "sweep/listops-yoso").exists(), "the sweep stops at the first failure"
+
+
+def test_lra_run_names_bad_arguments(capsys):
+    for args, words in (
+        (["lra", "run", "listop"], "listops, text"),
+        (["lra", "run", "listops", "--scale", "gpu"], "cpu, paper"),
+        (["lra", "run", "text", "--attention", "softmax,bigbird"], "softmax, yoso, nystrom, lsg"),
+    ):
+        code, _, err = run(args, capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_report_fits_80_columns(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     d = tmp_path / "a-rather-long-directory-name-for-the-runs" / "listops-nystrom-cpu-scale"
@@ -243,5 +323,5 @@ def test_report_fits_80_columns(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     table = out.split("[1] ")[0]
     assert max(len(line) for line in table.splitlines()) <= 80, out
-    assert "37.12" in out and "37.15" in out and "12,812 MB" in out and "20.6 min" in out
+    assert "37.12" in out and "37.15" in out and "12,812" in out and "20.6" in out
     assert f"[1] {d}" in out  # the run directory, whole, below the table

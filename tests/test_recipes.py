@@ -11,7 +11,7 @@ from longattn_cli.errors import UserError
 from longattn_cli.training.config import load_recipe, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
+RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
 
 
 def test_there_are_recipes_for_every_command_and_published_shape():
@@ -27,9 +27,10 @@ def test_there_are_recipes_for_every_command_and_published_shape():
     assert any(n.startswith("finetune/") for n in names)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
 def test_recipe_builds(path):
-    kind = "finetune" if path.parent.name == "lra" else path.parent.name
+    top = path.relative_to(ROOT / "recipes").parts[0]
+    kind = "finetune" if top == "lra" else top
     first = path.read_text().splitlines()[0]
     relative = path.relative_to(ROOT).as_posix()
     assert first.startswith("# ") and "longattn" in first, "a recipe starts with the command that runs it"

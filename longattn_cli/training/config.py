@@ -317,6 +317,14 @@ class FinetuneDataConfig(DataConfig):
         "column holding the label(s): int/str (single), list (multi-label), float (regression), list per word (token)",
         "label",
     )
+    validation_examples: int | None = _doc(
+        "evaluate during training on a seeded random N of the validation examples (null = all); the test split is always scored whole",
+        None,
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("data", validation_examples=self.validation_examples)
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ data (or the validation data when there is no test split) to ``OUTPUT/prediction
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,11 @@ def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
     return M.compute(labels.problem_type, flat, gold)
 
 
+def majority_share(labels: list[int]) -> float:
+    """The accuracy of always predicting the most common label: the floor a classifier must beat."""
+    return max(Counter(labels).values()) / len(labels) if labels else 0.0
+
+
 def build(recipe, accelerator) -> Job:
     """The fine-tuning job: splits, labels, tokenizer, model with its head, evaluation and predictions."""
     m, d, t = recipe.model, recipe.data, recipe.training
@@ -214,6 +220,10 @@ def build(recipe, accelerator) -> Job:
     metric = t.metric_for_best or metric
     higher = not M.lower_is_better(metric)
     val = encoded.get("validation")
+    if val is not None and d.validation_examples and d.validation_examples < len(val):
+        # A seeded random subset, not the first N: files are often sorted by label (IMDB's are).
+        val = val.shuffle(seed=t.seed).select(range(d.validation_examples))
+        notes.append(f"evaluating on {len(val):,} of {len(encoded['validation']):,} validation examples")
     evaluate = None
     if val is not None and "labels" in val.column_names:
 
@@ -264,6 +274,8 @@ def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_c
     rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
     if "labels" in ds.column_names:
         results = {"split": name, "loss": loss, **score(labels, logits, ds)}
+        if labels.problem_type == "single_label_classification":
+            results["majority_accuracy"] = majority_share(ds["labels"])
         (out / "results.json").write_text(json.dumps(results, indent=2))
         rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
     return rows
