@@ -142,6 +142,9 @@ def lra_run_cmd(
         help="text: a local aclImdb folder or train/test files, when data/lra/text is missing and offline.",
     ),
     recipes: str = typer.Option(None, help="Folder holding lra/ (default: the recipes of this checkout)."),
+    data: str = typer.Option(
+        None, help="Read (or build) the task's data here instead of the recipes' data/lra/... folder."
+    ),
 ):
     """Train every mechanism on an LRA task in turn (data built if missing), then print lra report's table.
 
@@ -149,7 +152,7 @@ def lra_run_cmd(
     """
     from longattn_cli.lra.run import run
 
-    code = run(task, scale, attention, out, overrides, source, recipes)
+    code = run(task, scale, attention, out, overrides, source, recipes, data)
     if code:
         sys.exit(code)
 

@@ -9,6 +9,7 @@ import torch
 from helpers import run_cli
 from safetensors.torch import load_file
 
+from longattn_cli.errors import UserError
 from longattn_cli.models.checkpoints import load_model
 from longattn_cli.testing import python_docs_text, tiny_reference
 from longattn_cli.training.config import load_recipe, parse_overrides
@@ -324,3 +325,18 @@ def test_a_directory_of_split_files_and_a_saved_dataset(tmp_path, roberta_dir, d
                 "finetune", None, parse_overrides([*over, "data.validation=dev", "training.overwrite=true"])
             )
         )
+
+
+def test_validation_subset_for_evaluation_and_the_majority_baseline(tmp_path, roberta_dir, datasets_dir):
+    """data.validation_examples: training evaluates on a seeded N of the validation split, while the test
+    split is scored whole; results.json records the majority-class accuracy of that split."""
+    out = tmp_path / "run"
+    assert run(recipe(out, roberta_dir, datasets_dir, "single", "data.validation_examples=3")) == 0
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval_accuracy" in x]
+    assert evals and all(round(e["eval_accuracy"] * 3, 6) in (0, 1, 2, 3) for e in evals)
+    preds, results = predictions(out), json.loads((out / "results.json").read_text())
+    assert len(preds) == 20
+    labels = [p["label"] for p in preds]
+    assert results["majority_accuracy"] == pytest.approx(max(map(labels.count, set(labels))) / 20)
+    with pytest.raises(UserError, match="validation_examples must be positive"):
+        recipe(out, roberta_dir, datasets_dir, "single", "data.validation_examples=0")

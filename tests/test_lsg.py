@@ -212,6 +212,29 @@ def test_padding_never_changes_real_tokens(kind):
             assert_close(both[row : row + 1, :, idx], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", DETERMINISTIC)
+@pytest.mark.parametrize("chunk", [1, 3])  # bytes: one block per chunk, and chunks of several blocks
+def test_long_inputs_train_in_recomputed_chunks_with_the_same_answer(kind, chunk, monkeypatch):
+    """Above the window budget the blocks run in chunks whose windows are rebuilt in the backward: the same
+    outputs and gradients as all blocks at once, with padding in the middle."""
+    att = build_attention("lsg", settings(sparsity_type=kind), 3, 8)
+    q, k, v = qkv(2, 2 + 45, seed=2)
+    mask = torch.ones(2, 47, dtype=torch.bool)
+    mask[1, 20:26] = False
+    results = []
+    for budget in (None, 0):
+        if budget is not None:
+            per_block = 2 * 3 * 2 * (2 + 12 + 8) * 8 * 4  # b·h·K·d·4 bytes for keys and values
+            monkeypatch.setattr("longattn_cli.attention.lsg._WINDOW_BUDGET", budget)
+            monkeypatch.setattr("longattn_cli.attention.lsg._CHUNK_BUDGET", chunk * per_block)
+        xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out = att(*xs, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), *(x.grad for x in xs)])
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_lsh_sums_keys_into_buckets_and_trains():
     att = build_attention("lsg", settings(sparsity_type="lsh", lsh_num_pre_rounds=2), 3, 8).train()
     q, k, v = (x.requires_grad_() for x in qkv(2, 2 + 50))
@@ -373,3 +396,33 @@ def test_lsg_model_left_and_right_padding(kind):
         left = model(torch.cat([pad, ids], 1), attention_mask=torch.cat([zeros, ones], 1)).logits
     assert_close(right[:, :27], alone, rtol=1e-5, atol=1e-5)
     assert_close(left[:, 9:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_recomputed_chunks_replay_the_forwards_dropout():
+    """With attention dropout the backward rebuilds each chunk with the forward's masks: the gradients are
+    those of the same chunks kept by autograd."""
+    from longattn_cli.attention.lsg import _Chunked
+
+    att = build_attention("lsg", settings(), 3, 8, dropout=0.5).train()
+    q, k, v = (x[:, :, 2:] for x in qkv(1, 2 + 40, seed=4))
+    kg, vg = (x[:, :, :2] for x in qkv(1, 2, seed=5)[:2])
+    m = torch.ones(1, 1, 40, 1, dtype=torch.bool)
+    ks, vs, ms = att._compress(q[:, :, :1], k, v, m[:, 0, :, 0])
+    sparse = [att._pad_compressed(x) for x in (ks, vs, ms[..., None])]
+    results = []
+    for chunked in (False, True):
+        xs = [x.clone().requires_grad_(True) for x in (q, k, v, kg, vg, *sparse[:2])]
+        torch.manual_seed(0)
+        if chunked:
+            out = _Chunked.apply(att, 10, 3, *xs[:3], m, *xs[3:5], *xs[5:], sparse[2])
+        else:
+            parts = [
+                att._chunk(i, min(10, i + 3), *xs[:3], m, *xs[3:5], *xs[5:], sparse[2])
+                for i in range(0, 10, 3)
+            ]
+            out = torch.cat(parts, dim=2)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), *(x.grad for x in xs)])
+    assert results[0][0].ne(0).any()
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, rtol=1e-5, atol=1e-6)

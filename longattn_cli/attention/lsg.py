@@ -33,6 +33,11 @@ from longattn_cli.attention.base import Attention, register, softmax_flops
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
 
+# Training on more key and value windows than this (bytes, all blocks) goes in chunks of about
+# _CHUNK_BUDGET, recomputed in the backward: at 16,384 tokens, 12 heads of 64, the windows are 0.5 GB.
+_WINDOW_BUDGET = 1 << 27
+_CHUNK_BUDGET = 1 << 25
+
 
 @register
 class LSGAttention(Attention):
@@ -104,21 +109,88 @@ class LSGAttention(Attention):
         global_out = self._full(q[:, :, :g], k, v, mask)  # (B, H, G, D): global queries see everything
         kg, vg = k[:, :, :g], v[:, :, :g]
         blocks = (length + pad) // bs
-        q = F.pad(q[:, :, g:], (0, 0, 0, pad))  # (B, H, L, D), L = nb·bs
-        # Keys, values and mask with one masked zero block on each side (the neighbours of the end blocks).
-        kp, vp = (F.pad(x[:, :, g:], (0, 0, bs, bs + pad)) for x in (k, v))  # (B, H, L + 2bs, D)
-        mp = F.pad(mask[:, g:], (bs, bs + pad))[:, None, :, None]  # (B, 1, L + 2bs, 1)
-        sk, sv, sm = (), (), ()
+        qr, kr, vr = q[:, :, g:], k[:, :, g:], v[:, :, g:]  # (B, H, length, D) views
+        mr = mask[:, g:][:, None, :, None]  # (B, 1, length, 1)
+        sparse = ()
         if s.uses_sparse:
-            real = slice(bs, bs + blocks * bs)
             # bos_pooling weighs with the query of the first real token (BOS/CLS): rows are right-aligned.
             ks, vs, ms = self._compress(
-                q[:, :, :1], kp[:, :, real], vp[:, :, real], mp[:, 0, real, 0]
+                qr[:, :, :1],
+                *(F.pad(x, (0, 0, 0, pad)) if pad else x for x in (kr, vr)),
+                F.pad(mr[:, 0, :, 0], (0, pad)),
             )  # (B, H, L/f, D)
-            sk, sv, sm = (self._sparse_windows(x) for x in (ks, vs, ms[..., None]))
+            sparse = tuple(self._pad_compressed(x) for x in (ks, vs, ms[..., None]))
+        keys = g + 3 * bs + (2 * s.sparse_block_size if sparse else 0)
+        per_block = 2 * b * h * keys * d * q.element_size()  # bytes of one block's key and value windows
+        if per_block * blocks <= _WINDOW_BUDGET or not (torch.is_grad_enabled() and q.requires_grad):
+            out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
+        else:
+            # Long inputs in training: blocks in chunks whose windows are rebuilt in the backward instead of
+            # kept (all blocks' windows hold ~5x the keys and values), for one more forward of the blocks.
+            step = max(1, _CHUNK_BUDGET // per_block)
+            out = _Chunked.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
+        return torch.cat([global_out, out[:, :, :length]], dim=2)
+
+    def _pad_compressed(self, x):
+        """The compressed sequence with ``sparse_block_size + step`` zero (masked) slots on each side, so that
+        block i's sparse windows start at slot i·step (step = block_size / sparsity_factor)."""
+        s = self.settings
+        edge = s.sparse_block_size + s.block_size // s.sparsity_factor
+        return F.pad(x, (0, 0, edge, edge))
+
+    def _rows(self, first, stop, length):
+        """Where blocks ``first`` … ``stop - 1`` read: the query rows, the key rows (one block more on each
+        side, clipped to the sequence) and the padded compressed slots of their sparse windows."""
+        s = self.settings
+        bs = s.block_size
+        step = bs // s.sparsity_factor
+        width = 2 * s.sparse_block_size + 3 * step
+        keys = slice(max((first - 1) * bs, 0), min((stop + 1) * bs, length))
+        return slice(first * bs, stop * bs), keys, slice(first * step, (stop - 1) * step + width)
+
+    def _chunk(self, first, stop, q, k, v, m, kg, vg, *sparse):
+        """Blocks ``first`` … ``stop - 1``. ``q``, ``k``, ``v`` (B, H, length, D) and ``m`` (B, 1, length, 1)
+        are the unpadded rows after the globals; ``sparse`` the padded compressed keys, values and mask
+        (:meth:`_pad_compressed`), or nothing."""
+        rows, keys, slots = self._rows(first, stop, q.shape[2])
+        return self._chunk_of(
+            first,
+            stop,
+            q.shape[2],
+            q[:, :, rows],
+            *(x[:, :, keys] for x in (k, v, m)),
+            kg,
+            vg,
+            *(x[:, :, slots] for x in sparse),
+        )
+
+    def _chunk_of(self, first, stop, length, q, k, v, m, kg, vg, *sparse):
+        """:meth:`_chunk` on the rows :meth:`_rows` names; rows outside the sequence count as zeros (masked),
+        as if the sequence had an empty block on each side."""
+        s = self.settings
+        bs = s.block_size
+        q = F.pad(q, (0, 0, 0, (stop - first) * bs - q.shape[2]))
+        left, right = max(bs - first * bs, 0), max((stop + 1) * bs - length, 0)
+        k, v, m = (F.pad(x, (0, 0, left, right)) for x in (k, v, m))
+        windows = ()
+        if sparse:
+            sbs, step = s.sparse_block_size, bs // s.sparsity_factor
+            width = 2 * sbs + 3 * step
+            spans = [_windows(x, width, step) for x in sparse]  # (B, H, blocks, width, ·)
+            windows = tuple(w for x in spans for w in (x[..., :sbs, :], x[..., width - sbs :, :]))
+        return self._blocks(q, k, v, m, len(windows) // 3, kg, vg, *windows)
+
+    def _blocks(self, q, kp, vp, mp, sparse, kg, vg, *windows):
+        """Attention of the query blocks ``q`` (B, H, nb·bs, D) to their windows: ``kp``, ``vp``, ``mp`` hold
+        the blocks' keys, values and mask with one block more on each side; ``windows`` the ``sparse``
+        compressed key windows, as many value windows and mask windows (each (B, H, nb, sbs, ·))."""
+        b, h, length, d = q.shape
+        bs = self.settings.block_size
+        blocks = length // bs
+        sk, sv, sm = windows[:sparse], windows[sparse : 2 * sparse], windows[2 * sparse :]
         keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
         values = self._per_block(vp, vg, sv)
-        masks = self._per_block(mp, torch.ones_like(mp[:, :, :g]), sm)[..., 0]  # (B, 1 or H, nb, K)
+        masks = self._per_block(mp, torch.ones_like(mp[:, :, : kg.shape[2]]), sm)[..., 0]  # (B, 1|H, nb, K)
         p = self.dropout if self.training else 0.0
         # Blocks folded into the head axis: 4-D inputs take torch's fused kernels (5-D ones fall back to
         # the math path, 3-4x slower on CPU).
@@ -127,7 +199,7 @@ class LSGAttention(Attention):
         out = F.scaled_dot_product_attention(
             q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p
         )
-        return torch.cat([global_out, out.reshape(b, h, blocks * bs, d)[:, :, :length]], dim=2)
+        return out.reshape(b, h, length, d)
 
     def _per_block(self, xp, xg, sparse):
         """What every block attends to, as one tensor (B, H, nb, K, D): globals | sparse windows (left,
@@ -143,20 +215,6 @@ class LSGAttention(Attention):
         xb = xp.unflatten(2, (nb + 2, bs))  # (B, H, nb + 2, bs, D)
         parts = [xg[:, :, None].expand(b, h, nb, g, d), *sparse, xb[:, :, :-2], xb[:, :, 1:-1], xb[:, :, 2:]]
         return torch.cat([x.expand(b, h, nb, -1, d) for x in parts], dim=3)
-
-    def _sparse_windows(self, x):
-        """For block i, the ``sparse_block_size`` compressed tokens just left and right of its local window,
-        as two views (B, H, nb, sbs, D).
-
-        In compressed coordinates (step = block_size / sparsity_factor per block) the local window of block i
-        is [(i-1)·step, (i+2)·step); the left part is the ``sbs`` tokens before it, the right part the ``sbs``
-        after it. One unfold of width ``2·sbs + 3·step`` holds both, at its two ends.
-        """
-        s = self.settings
-        sbs, step = s.sparse_block_size, s.block_size // s.sparsity_factor
-        width = 2 * sbs + 3 * step
-        w = _windows(F.pad(x, (0, 0, sbs + step, sbs + step)), width, step)  # (B, H, nb, width, D)
-        return w[..., :sbs, :], w[..., width - sbs :, :]
 
     def _compress(self, bos, k, v, m):
         """The compressed sequence: one token per ``sparsity_factor`` tokens (paper sec. 3.2).
@@ -189,6 +247,61 @@ class LSGAttention(Attention):
             ks, vs = (x.gather(2, idx[None, :, :, None].expand(b, h, -1, d)) for x in (k, v))
             return ks, vs, m[:, idx]  # (B, H, L/f)
         return _lsh_compress(k, v, m, min(s.block_size, s.sparse_block_size), f, s.lsh_num_pre_rounds)
+
+
+class _Chunked(torch.autograd.Function):
+    """:meth:`LSGAttention._chunk` over all blocks, ``step`` blocks at a time, keeping only its inputs: the
+    backward rebuilds each chunk from its rows (same dropout, from the forward's random state) and adds
+    their gradients into one buffer per input, so no chunk's windows or padded copies outlive it."""
+
+    @staticmethod
+    def forward(ctx, att, blocks, step, q, k, v, m, kg, vg, *sparse):
+        ctx.att, ctx.blocks, ctx.step = att, blocks, step
+        ctx.save_for_backward(q, k, v, m, kg, vg, *sparse)
+        ctx.rng = torch.get_rng_state()
+        chunks = [
+            att._chunk(i, min(blocks, i + step), q, k, v, m, kg, vg, *sparse) for i in range(0, blocks, step)
+        ]
+        return torch.cat(chunks, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        att, blocks, step = ctx.att, ctx.blocks, ctx.step
+        q, k, v, m, kg, vg, *sparse = ctx.saved_tensors
+        length = q.shape[2]
+        bs = att.settings.block_size
+        gq, gk, gv, gkg, gvg = (torch.zeros_like(x) for x in (q, k, v, kg, vg))
+        gsparse = [torch.zeros_like(x) for x in sparse[:2]]  # compressed keys and values (not the mask)
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.set_rng_state(ctx.rng)  # dropout masks as in the forward, chunk after chunk
+            for i in range(0, blocks, step):
+                stop = min(blocks, i + step)
+                rows, keys, slots = att._rows(i, stop, length)
+                leaves = [
+                    q[:, :, rows],
+                    k[:, :, keys],
+                    v[:, :, keys],
+                    kg,
+                    vg,
+                    *(x[:, :, slots] for x in sparse[:2]),
+                ]
+                leaves = [x.detach().requires_grad_() for x in leaves]
+                lq, lk, lv, lkg, lvg, *ls = leaves
+                ms = (sparse[2][:, :, slots],) if sparse else ()
+                out = att._chunk_of(i, stop, length, lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms)
+                got = torch.autograd.grad(out, leaves, grad[:, :, i * bs : stop * bs], allow_unused=True)
+                targets = [
+                    gq[:, :, rows],
+                    gk[:, :, keys],
+                    gv[:, :, keys],
+                    gkg,
+                    gvg,
+                    *(x[:, :, slots] for x in gsparse),
+                ]
+                for buf, gx in zip(targets, got, strict=True):
+                    if gx is not None:
+                        buf += gx
+        return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -58,11 +58,21 @@ def _data_dir(recipe: Path) -> Path:
     return Path(source).parent
 
 
-def ensure_data(task: str, scale: str, recipe: Path, text_source: str | None) -> Path:
-    """Build the task's data where the recipe reads it, unless it is there already."""
+def data_overrides(where: Path) -> list[str]:
+    """Recipe overrides that read the task from ``where`` (``longattn data`` layout) instead."""
+    return [
+        f"model.tokenizer={where / 'tokenizer'}",
+        *(
+            f"data.{k}={where / f'{f}.jsonl'}"
+            for k, f in (("source", "train"), ("validation", "validation"), ("test", "test"))
+        ),
+    ]
+
+
+def ensure_data(task: str, scale: str, where: Path, text_source: str | None) -> Path:
+    """Build the task's data in ``where``, unless it is there already."""
     from longattn_cli.lra import cli as lra_cli
 
-    where = _data_dir(recipe)
     if (where / "train.jsonl").is_file():
         return where
     if task == "listops":
@@ -103,6 +113,7 @@ def run(
     overrides: list[str] | None = None,
     text_source: str | None = None,
     recipes: str | None = None,
+    data: str | None = None,
 ) -> int:
     """The sweep; returns the exit code of the first run that failed (0 when all finished)."""
     from rich.console import Console
@@ -119,7 +130,9 @@ def run(
         raise UserError(f"recipe {missing[0]} not found; pass --recipes DIR (the folder holding lra/)")
     out_dir = Path(out or f"runs/lra-{scale}")
     console = Console(stderr=True)
-    ensure_data(task, scale, paths[mechanisms[0]], text_source)
+    where = Path(data) if data else _data_dir(paths[mechanisms[0]])
+    ensure_data(task, scale, where, text_source)
+    overrides = (data_overrides(where) if data else []) + list(overrides or [])
     runs = []
     for i, m in enumerate(mechanisms, 1):
         target = out_dir / f"{task}-{m}"
@@ -129,7 +142,7 @@ def run(
         if now == "done":
             console.print(f"{target}/summary.json exists: done, skipped (delete the folder to run it again)")
             continue
-        args = ["finetune", "--recipe", str(paths[m]), f"training.output_dir={target}", *(overrides or [])]
+        args = ["finetune", "--recipe", str(paths[m]), f"training.output_dir={target}", *overrides]
         if now == "resume":
             args += ["--resume", "latest"]
         code = _child(args)
