@@ -183,8 +183,14 @@ def benchmark_cmd(
     reference: bool = typer.Option(
         None,
         "--reference",
-        help="Also measure transformers' RoBERTa (sdpa), YOSO and Nyströmformer where they run (on in the "
-        "quick sweep).",
+        help="Also measure transformers' implementations paired with the selected mechanisms: RoBERTa (sdpa), "
+        "YOSO, Nyströmformer; Longformer, BigBird and ModernBERT beside LSG (on in the quick sweep).",
+    ),
+    reference_models: str = typer.Option(
+        None,
+        "--reference-models",
+        help="Comma-separated reference labels to measure whatever --attention selects, e.g. "
+        "hf-longformer,hf-modernbert (see --list).",
     ),
     batch: int = typer.Option(1, help="Batch size."),
     heads: int = typer.Option(None, help="Attention heads (default: the model size's)."),
@@ -256,7 +262,7 @@ def benchmark_cmd(
         settings=parse_overrides(settings), reference=chosen["reference"], batch=batch, heads=heads, head_dim=head_dim,
         layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, dropout=dropout, threads=threads,
         warmup=warmup, repeats=chosen["repeats"], min_time=chosen["min_time"], time_budget=chosen["time_budget"] or None,
-        memory_limit_gb=memory_limit, isolate=isolate, seed=seed,
+        memory_limit_gb=memory_limit, isolate=isolate, seed=seed, reference_models=reference_models,
     )  # fmt: skip
     try:
         benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)

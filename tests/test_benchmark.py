@@ -215,6 +215,37 @@ def test_references_build_and_run(family, config, scope):
     assert measure(spec)["status"] == "ok"
 
 
+def test_long_document_references_beside_lsg(tmp_path, capsys):
+    """Longformer, BigBird and ModernBERT, built from our shape with their own windows and blocks, in both
+    scopes and modes; ÷ref pairs LSG with Longformer; BigBird's fall-back to full attention on short inputs
+    and each reference's padding are stated in the table and the files."""
+    for scope in ("layer", "model"):
+        data, out = sweep(
+            tmp_path, capsys, f"--scope {scope} --lengths 64,768 --attention lsg-norm --reference"
+        )
+        got = by_key(data["points"])
+        for mode in ("forward", "train"):
+            for n in (64, 768):
+                for label in ("hf-longformer", "hf-bigbird", "hf-modernbert"):
+                    p = got[(mode, n, label)]
+                    assert p["status"] == "ok" and p["note"] and p["gflop"] > 0, p
+                assert got[(mode, n, "lsg-norm")]["reference"] == "hf-longformer"
+        assert "FULL attention" in got[("forward", 64, "hf-bigbird")]["note"]
+        assert "block_sparse" in got[("forward", 768, "hf-bigbird")]["note"]
+        assert "pads 768 to 1,024" in got[("forward", 768, "hf-longformer")]["note"]
+        assert "hf-bigbird: ran FULL attention" in " ".join(out.split())
+        rows = list(csv.DictReader((tmp_path / "b.csv").open()))
+        assert any(r["label"] == "hf-modernbert" and "sliding-window" in r["note"] for r in rows)
+
+
+def test_reference_models_by_label(tmp_path, capsys):
+    data, _ = sweep(tmp_path, capsys, "--scope model --lengths 64 --attention yoso-lsh --mode forward "
+                    "--reference-models hf-modernbert,hf-longformer")  # fmt: skip
+    assert {p["label"] for p in data["points"]} == {"yoso-lsh", "hf-modernbert", "hf-longformer"}
+    code, _, err = run(["benchmark", *TINY, "--lengths", "32", "--reference-models", "hf-bert"], capsys)
+    assert code == 2 and "hf-bert" in err and "hf-longformer" in err
+
+
 def test_reference_pairing_takes_our_settings():
     """Settings named as in the reference config pass through; absent mechanisms add nothing."""
     yoso = benchmark.Candidate(

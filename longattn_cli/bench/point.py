@@ -120,15 +120,22 @@ def _build_reference(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         max_position_embeddings=n + 2,
         **_dropouts(spec),
     )
+    if family == "ModernBert":  # its own names for the dropouts
+        p = kwargs.pop("hidden_dropout_prob", 0.0), kwargs.pop("attention_probs_dropout_prob", 0.0)
+        kwargs.update(embedding_dropout=p[0], mlp_dropout=p[0], attention_dropout=p[1])
     kwargs.update(cand["config"])
     config = getattr(transformers, f"{family}Config")(**kwargs)
     model = getattr(transformers, f"{family}Model")(config).to(dtype=_dtype(spec))
     ids, mask = _token_inputs(spec, config.vocab_size)
+    extra = {}
+    if family == "Longformer":  # the first token global, as for a classification or QA head
+        extra["global_attention_mask"] = torch.zeros_like(mask)
+        extra["global_attention_mask"][:, 0] = 1
     if spec["scope"] == "model":
-        return model, lambda m: m(input_ids=ids, attention_mask=mask).last_hidden_state
+        return model, lambda m: m(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
     # The layer gets exactly the arguments the model would give it: capture them from the model's own call,
     # stopped as it reaches the layer (so the capture costs the embeddings, not a forward pass).
-    module = model.encoder.layer[0].attention
+    module = model.get_submodule(cand.get("layer") or "encoder.layer.0.attention")
     captured: dict[str, Any] = {}
 
     def grab(_, args, kwargs):
@@ -138,13 +145,14 @@ def _build_reference(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
     handle = module.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
+            model(input_ids=ids, attention_mask=mask, **extra)
     except _Captured:
         pass
     finally:
         handle.remove()
     rest = captured["args"][1:]
-    x = _layer_input(spec)
+    # At the length the model hands its layers: Longformer and BigBird pad to their window or block first.
+    x = _layer_input({**spec, "n": captured["args"][0].shape[1]})
 
     def run(m):
         out = m(x, *rest, **captured["kwargs"])

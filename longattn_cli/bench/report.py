@@ -131,6 +131,9 @@ def group_table(points: list[dict[str, Any]]) -> Group:
         if not ok and status != "running" and p.get("message"):
             notes.append(f"[{len(notes) + 1}] {p['label']} {status}: {p['message']}")
             status = f"{_STATUS_WORDS.get(status, status)} [{len(notes)}]"
+        elif p.get("note"):  # how a reference ran at this length (its window, padding, a fallback)
+            notes.append(f"[{len(notes) + 1}] {p['label']}: {p['note']}")
+            status = f"{status} [{len(notes)}]"
         table.add_row(
             name,
             _ms(p.get("time_s")) if ok else "",
@@ -233,7 +236,7 @@ def write_json(result: dict[str, Any], path: str | Path) -> None:
 
 
 CSV_FIELDS = [
-    "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message",
+    "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message", "note",
     "time_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s", "tokens_per_s", "peak_memory_bytes",
     "memory_method", "reference", "vs_reference_time", "vs_reference_memory", "sdpa_baseline",
     "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "settings", "times_s",

@@ -48,6 +48,14 @@ class Reference:
     family: str
     config: Callable[[dict[str, Any], int], dict[str, Any]] = lambda settings, n: {}
     unavailable: Callable[[dict[str, Any], int, str], str | None] = lambda settings, n, device: None
+    passthrough: bool = (
+        True  # False: the reference keeps its own defaults even where our setting is named alike
+    )
+    note: Callable[[int], str | None] = lambda n: None  # what the reference does at length n, for the table
+    layer: str = "encoder.layer.0.attention"  # its separable attention module (layer scope)
+    # Its own attention FLOP count (n, head width d, scope) → (forward, backward) per head and layer, where
+    # the paired mechanism's count does not describe it; None: the paired mechanism's.
+    flops: Callable[[int, int, str], tuple[float, float]] | None = None
 
 
 def _yoso_lsh_unavailable(settings, n, device):
@@ -89,6 +97,100 @@ REFERENCES: dict[str, list[Reference]] = {
         )
     ],
 }
+# The long-document encoders users pick instead of LSG, with their own window and block defaults: Longformer's
+# window of 512 (256 keys each side) with the first token global, BigBird's blocks of 64 with 3 random blocks
+# (block_sparse; at most 704 tokens it runs full attention, and says so), ModernBERT's 128-token local
+# attention with every third layer global. Longformer and BigBird pad inputs to their window or block
+# themselves; that padding is part of their time.
+_BIGBIRD_FULL_UNTIL = (5 + 2 * 3) * 64  # transformers' BigBirdModel: block_sparse needs more tokens than this
+
+
+def _window(n: int, w: int) -> int:
+    return -(-n // w) * w
+
+
+def _attention_flops(keys: float, n: int, d: int) -> tuple[float, float]:
+    """Scores and weighted sum for ``keys`` keys per query on average: 4·n·keys·d forward, twice that back."""
+    return 4.0 * n * keys * d, 8.0 * n * keys * d
+
+
+def _longformer_flops(n, d, scope):  # window 512 (513 keys) on the padded length, plus one global token
+    m = _window(n, 512)
+    fwd, bwd = _attention_flops(514, m, d)  # the global token is one more key of every query ...
+    return fwd + 4.0 * m * d, bwd + 8.0 * m * d  # ... and its query sees every key
+
+
+# The formulas above, for ``benchmark --list`` (m: the length padded to the reference's window or block).
+REFERENCE_FLOPS = {
+    "hf-longformer": "4·m·514·d + 4·m·d (window 512 + the global token; m = n padded to 512)",
+    "hf-bigbird": "4·d·((m - 128)·8·64 + 128·m) (m = n padded to 64); n ≤ 704: 4·n²·d",
+    "hf-modernbert": "4·n·K·d, K = n in every third layer, min(n, 129) in the others (averaged); layer "
+    "scope: 4·n²·d (its first layer is global)",
+}
+
+
+def _bigbird_flops(
+    n, d, scope
+):  # the first and last blocks global, the others 3 sliding + 2 global + 3 random
+    m = _window(n, 64)
+    if n <= _BIGBIRD_FULL_UNTIL:
+        return _attention_flops(n, n, d)
+    return _attention_flops(((m - 128) * 8 * 64 + 128 * m) / m, m, d)
+
+
+def _modernbert_flops(n, d, scope):  # every third layer global (the first one is), the others 129-token local
+    local = min(n, 129)
+    if scope == "layer":
+        return _attention_flops(n, n, d)
+    layers = [n if i % 3 == 0 else local for i in range(12)]  # the average over a base model's pattern
+    return _attention_flops(sum(layers) / len(layers), n, d)
+
+
+REFERENCES["lsg"] = [
+    Reference(
+        "hf-longformer",
+        "Longformer",
+        lambda s, n: {"attention_window": 512, "max_position_embeddings": _window(n, 512) + 2},
+        passthrough=False,
+        note=lambda n: (
+            f"window 512, first token global; pads {n:,} to {_window(n, 512):,}"
+            if n % 512
+            else "window 512, first token global"
+        ),
+        flops=_longformer_flops,
+    ),
+    Reference(
+        "hf-bigbird",
+        "BigBird",
+        lambda s, n: {
+            "attention_type": "block_sparse",
+            "block_size": 64,
+            "num_random_blocks": 3,
+            "max_position_embeddings": _window(n, 64),
+        },
+        passthrough=False,
+        note=lambda n: (
+            f"ran FULL attention: block_sparse needs more than {_BIGBIRD_FULL_UNTIL} tokens"
+            if n <= _BIGBIRD_FULL_UNTIL
+            else f"block_sparse, blocks of 64, 3 random; pads {n:,} to {_window(n, 64):,}"
+            if n % 64
+            else "block_sparse, blocks of 64, 3 random"
+        ),
+        flops=_bigbird_flops,
+    ),
+    Reference(
+        "hf-modernbert",
+        "ModernBert",
+        lambda s, n: {"local_attention": 128, "max_position_embeddings": max(n, 8192), "pad_token_id": 1},
+        passthrough=False,
+        note=lambda n: (
+            "local 128 with every third layer global; transformers runs the local layers as "
+            "SDPA with a sliding-window mask (n×n work)"
+        ),
+        layer="layers.0.attn",
+        flops=_modernbert_flops,
+    ),
+]
 SDPA_BASELINES = ("hf-roberta-sdpa", "softmax-sdpa")
 # In train mode the baseline is softmax at its fastest: torch's SDPA leaves its fused kernel for the math path
 # (an n×n matrix) whenever attention dropout is on, so the sweep always adds this dropout-free variant there.
@@ -115,9 +217,11 @@ class Candidate:
             out["attention_dropout"] = self.attention_dropout
         if self.reference is not None:
             ref = self.reference
-            cfg = _passthrough(ref.family, self.settings)
+            cfg = _passthrough(ref.family, self.settings) if ref.passthrough else {}
             cfg.update(ref.config(self.settings, n))
-            out.update(family=ref.family, config=cfg)
+            out.update(family=ref.family, config=cfg, layer=ref.layer)
+            if ref.note(n):
+                out["note"] = ref.note(n)
         return out
 
 
@@ -152,7 +256,11 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def select_candidates(
-    attention: str | None, overrides: dict[str, Any], reference: bool, dropout: float = 0.1
+    attention: str | None,
+    overrides: dict[str, Any],
+    reference: bool,
+    dropout: float = 0.1,
+    reference_models: str | None = None,
 ) -> list[Candidate]:
     """Our candidates from ``--attention`` (labels or mechanism names; all when empty) with ``--set``
     overrides applied wherever the mechanism has that setting, the dropout-free SDPA baseline of train mode
@@ -187,7 +295,24 @@ def select_candidates(
     if dropout > 0 or "softmax-sdpa" not in picked:  # with --dropout 0, softmax-sdpa is already the fused one
         sdpa = make_settings("softmax", {"implementation": "sdpa"}).to_dict()
         ours.append(Candidate(FUSED, "ours", "softmax", sdpa, modes=("train",), attention_dropout=0.0))
-    return ours + (_references([c for c in ours if c.label != FUSED]) if reference else [])
+    refs = _references([c for c in ours if c.label != FUSED]) if reference else []
+    return ours + refs + _named_references(reference_models, {c.label for c in refs})
+
+
+def _named_references(labels: str | None, have: set[str]) -> list[Candidate]:
+    """``--reference-models``: references by label, each with its paired mechanism's default settings."""
+    from longattn_cli.attention import make_settings
+
+    by_label = {ref.label: (name, ref) for name, refs in REFERENCES.items() for ref in refs}
+    out = []
+    for label in [x.strip() for x in (labels or "").split(",") if x.strip()]:
+        if label not in by_label:
+            raise UserError(f"--reference-models {label!r}: expected labels among {', '.join(by_label)}")
+        name, ref = by_label[label]
+        if label not in have:
+            have.add(label)
+            out.append(Candidate(label, "reference", name, make_settings(name).to_dict(), ref))
+    return out
 
 
 def _references(ours: list[Candidate]) -> list[Candidate]:
@@ -229,6 +354,8 @@ def list_candidates() -> None:
     counts.add_column("count", overflow="fold")
     for name in dict.fromkeys(name for name, _ in variants().values()):
         counts.add_row(name, get_mechanism(name).FLOPS)
+    for label, text in REFERENCE_FLOPS.items():
+        counts.add_row(label, text + "; backward 2× forward")
     counts.add_row("+ layer", "q, k, v, output projections 8·n·C² forward (C = hidden size); model scope: + "
                    "feed-forward 4·n·C·I per layer; a backward costs 2× its forward")  # fmt: skip
     console.print(counts)
@@ -285,6 +412,7 @@ class BenchmarkOptions:
     attention: str | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     reference: bool = False
+    reference_models: str | None = None  # reference labels measured whatever the selection
     batch: int = 1
     heads: int | None = None
     head_dim: int | None = None
@@ -460,9 +588,14 @@ def algorithm_flops(spec: dict[str, Any]) -> float | None:
     settings = dict(cand["settings"])
     if cand["kind"] == "reference":  # the reference's own config wins where it names one of our settings
         settings.update({k: v for k, v in cand.get("config", {}).items() if k in settings})
-    cls = get_mechanism(cand["mechanism"])
     c, heads = shape["hidden_size"], shape["num_heads"]
-    counted = cls.flops(make_settings(cand["mechanism"], settings), n, c // heads)
+    own = next((r.flops for r in REFERENCES.get(cand["mechanism"], []) if r.label == cand["label"]), None)
+    if cand["kind"] == "reference" and own is not None:
+        counted = own(n, c // heads, spec["scope"])
+    else:
+        counted = get_mechanism(cand["mechanism"]).flops(
+            make_settings(cand["mechanism"], settings), n, c // heads
+        )
     if counted is None:
         return None
     fwd, bwd = (x * heads for x in counted)
@@ -552,7 +685,9 @@ def run(
     opts.check()
     if plot_path:
         report.require_matplotlib()
-    candidates = select_candidates(opts.attention, opts.settings, opts.reference, opts.dropout)
+    candidates = select_candidates(
+        opts.attention, opts.settings, opts.reference, opts.dropout, opts.reference_models
+    )
     from longattn_cli.devices import pick_device, pick_dtype  # torch: after the checks that need none
 
     pick_dtype(opts.dtype)
@@ -646,6 +781,7 @@ def _point_record(spec: dict[str, Any]) -> dict[str, Any]:
         "n": spec["n"],
         "batch": spec["batch"],
         "status": "running",
+        **({"note": cand["note"]} if cand.get("note") else {}),
     }
 
 
