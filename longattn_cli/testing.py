@@ -85,7 +85,8 @@ def tiny_reference(
     """Save a tiny random ``{Family}{head}`` checkpoint of transformers' own classes to ``out_dir``.
 
     Args:
-        family: ``roberta``, ``bert``, ``yoso`` or ``nystromformer``.
+        family: ``roberta``, ``bert``, ``yoso``, ``nystromformer``, ``longformer``, ``big_bird`` or
+            ``modernbert``.
         head: ``ForMaskedLM``, ``Model``, ``ForSequenceClassification`` or ``ForTokenClassification``.
         tokenizer_dir: a saved tokenizer to copy in (its vocabulary size is used).
         overrides: config fields.
@@ -98,7 +99,15 @@ def tiny_reference(
     import torch
     import transformers
 
-    names = {"roberta": "Roberta", "bert": "Bert", "yoso": "Yoso", "nystromformer": "Nystromformer"}
+    names = {
+        "roberta": "Roberta",
+        "bert": "Bert",
+        "yoso": "Yoso",
+        "nystromformer": "Nystromformer",
+        "longformer": "Longformer",
+        "big_bird": "BigBird",
+        "modernbert": "ModernBert",
+    }
     name = names[family]
     config_cls = getattr(transformers, f"{name}Config")
     model_cls = getattr(transformers, f"{name}{head}")

@@ -340,3 +340,46 @@ def test_validation_subset_for_evaluation_and_the_majority_baseline(tmp_path, ro
     assert results["majority_accuracy"] == pytest.approx(max(map(labels.count, set(labels))) / 20)
     with pytest.raises(UserError, match="validation_examples must be positive"):
         recipe(out, roberta_dir, datasets_dir, "single", "data.validation_examples=0")
+
+
+FOREIGN_FAMILIES = {  # tiny configs: Longformer's window and BigBird's blocks small enough for 64 tokens
+    "longformer": {"attention_window": 8},
+    "big_bird": {"attention_type": "block_sparse", "block_size": 4, "num_random_blocks": 1},
+    "modernbert": {"local_attention": 16, "global_attn_every_n_layers": 2},
+}
+
+
+@pytest.mark.parametrize("family", list(FOREIGN_FAMILIES))
+def test_foreign_encoder_baselines_train_with_the_same_recipe(family, tmp_path, bpe_dir, datasets_dir):
+    """A Longformer, BigBird or ModernBERT checkpoint as model.source: the same loop, evaluation, checkpoints,
+    resume and summary as ours, its own attention kept; the summary and lra report name its family."""
+    from longattn_cli.lra.report import read_run
+
+    src = tmp_path / family
+    tiny_reference(family, src, head="ForMaskedLM", tokenizer_dir=bpe_dir, **FOREIGN_FAMILIES[family])
+    out = tmp_path / "run"
+    steps = ["training.max_steps=4", "training.save_every=2", "training.eval_every=2"]
+    assert run(recipe(out, src, datasets_dir, "single", *steps)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["family"] == family and summary["attention"] == family and summary["steps"] == 4
+    assert len(predictions(out)) == 20 and read_run(out)["family"] == family
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == family and config["architectures"][0].endswith("ForSequenceClassification")
+    # Stopped by SIGTERM after step 3 and resumed: the same model and predictions as the run straight through.
+    import os
+    import signal
+
+    def interrupt(step, model):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    split = tmp_path / "split"
+    assert run(recipe(split, src, datasets_dir, "single", *steps), on_step=interrupt) == 128 + signal.SIGTERM
+    assert run(recipe(split, src, datasets_dir, "single", *steps, "training.resume=latest")) == 0
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert predictions(out) == predictions(split)
+    with pytest.raises(
+        UserError, match=r"model.attention does not apply to .* checkpoint that keeps its own"
+    ):
+        run(recipe(tmp_path / "bad", src, datasets_dir, "single", "model.attention=yoso"))

@@ -75,6 +75,8 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
         )
         return HEADS[m.task](config)
     src = read_config(resolve(m.source))
+    if src.get("model_type") in FOREIGN:
+        return _load_foreign(m, src, fields)
     if detect_head(src) == m.task and len(src.get("id2label") or {}) == labels.num_labels:
         return load_model(m.source, head=m.task, attention=m.attention, attention_settings=settings, **fields)
     body = load_model(m.source, head="base", attention=m.attention, attention_settings=settings)
@@ -83,6 +85,60 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
     model = HEADS[m.task](body.config)  # a fresh head (seeded), the source's encoder
     model.longattn.load_state_dict(body.state_dict())
     return model
+
+
+# Encoders of other families fine-tuned as they are (transformers' own classes, through the Auto classes, no
+# remote code), so that one recipe with model.source swapped gives a baseline row: model_type → name.
+FOREIGN = {"longformer": "Longformer", "big_bird": "BigBird", "modernbert": "ModernBERT"}
+# Their names for the dropouts a recipe sets: ours → theirs.
+_FOREIGN_DROPOUTS = {
+    "modernbert": {
+        "hidden_dropout_prob": ("embedding_dropout", "mlp_dropout"),
+        "attention_probs_dropout_prob": ("attention_dropout",),
+    }
+}
+
+
+def _load_foreign(m, src: dict, fields: dict):
+    """A Longformer, BigBird or ModernBERT checkpoint with a head for the task (the source's own where it
+    fits, else a new one), its attention untouched."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from longattn_cli.hub import resolve
+
+    family = src["model_type"]
+    given = [k for k in ("attention", "attention_settings", "scratch") if getattr(m, k)]
+    if given:
+        raise UserError(
+            f"model.{given[0]} does not apply to model.source={m.source!r}, a {FOREIGN[family]} checkpoint that "
+            f"keeps its own attention; remove it (it applies to longattn, RoBERTa and BERT sources)"
+        )
+    renames = _FOREIGN_DROPOUTS.get(family, {})
+    extra = {}
+    for k, v in fields.items():
+        for name in renames.get(k, (k,)):
+            extra[name] = v
+    directory = resolve(m.source)
+    config = AutoConfig.from_pretrained(directory, **extra)
+    cls = (
+        AutoModelForTokenClassification
+        if m.task == "token-classification"
+        else AutoModelForSequenceClassification
+    )
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "some weights were newly initialised": the new head, expected
+    try:
+        return cls.from_pretrained(directory, config=config, ignore_mismatched_sizes=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def foreign_positions(config) -> int:
+    """Tokens a foreign model takes: Longformer's table holds two rows for RoBERTa's padding offset."""
+    n = config.max_position_embeddings
+    return n - 2 if config.model_type == "longformer" else n
 
 
 def _tokenizer(m):
@@ -207,7 +263,17 @@ def build(recipe, accelerator) -> Job:
     )
     tokenizer = _tokenizer(m)
     model = load_for_task(m, labels, tokenizer, d.max_length)
-    check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
+    if model.config.model_type in FOREIGN:
+        from longattn_cli.models.checkpoints import check_tokenizer
+
+        if d.max_length > foreign_positions(model.config):
+            raise UserError(
+                f"data.max_length={d.max_length} is above the {FOREIGN[model.config.model_type]} model's "
+                f"{foreign_positions(model.config)} positions; lower it"
+            )
+        check_tokenizer(model.config, tokenizer, m.tokenizer or m.source)
+    else:
+        check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     notes = apply_freezing(model, m.freeze, m.train_only)

@@ -477,8 +477,10 @@ def _write_summary(
     device = next(job.model.parameters()).device
     config = job.model.config
     summary = {
-        "attention": config.attention,
-        "attention_settings": config.attention_settings,
+        # A foreign encoder (Longformer, BigBird, ModernBERT) is named by its family, with its own attention.
+        "family": "longattn" if config.model_type == "longattn" else config.model_type,
+        "attention": getattr(config, "attention", None) or config.model_type,
+        "attention_settings": getattr(config, "attention_settings", None) or {},
         "steps": state["step"],
         "processes": world,
         "tokens": state["tokens"],
