@@ -15,6 +15,15 @@ python -m longattn_cli benchmark --scope layer --mode both --lengths 512,4096,16
 python -m longattn_cli benchmark --scope layer --mode train --lengths 16384 --dropout 0 \
     --attention "${efficient/yoso-lsh-ebwd,/},softmax-sdpa" --reference --time-budget 400 "${common[@]}" \
     --json "$out/layer-16k-train.json" --csv "$out/layer-16k-train.csv" | tee "$out/layer-16k-train.txt"
+# LSG's training at 16,384 tokens after its chunked backward, with the fused softmax as the baseline, without
+# and with dropout (the two tables under "LSG in training at 16,384 tokens").
+lsg=lsg-norm,lsg-bos_pooling,lsg-pooling,lsg-stride,lsg-block_stride
+python -m longattn_cli benchmark --scope layer --mode train --lengths 16384 --dropout 0 --attention "$lsg,softmax-sdpa" \
+    --time-budget 400 "${common[@]}" --json "$out/layer-16k-train-lsg.json" --csv "$out/layer-16k-train-lsg.csv" \
+    | tee "$out/layer-16k-train-lsg.txt"
+python -m longattn_cli benchmark --scope layer --mode train --lengths 16384 --attention "$lsg,softmax-sdpa" \
+    --time-budget 400 "${common[@]}" --json "$out/layer-16k-train-dropout-lsg.json" \
+    --csv "$out/layer-16k-train-dropout-lsg.csv" | tee "$out/layer-16k-train-dropout-lsg.txt"
 python -m longattn_cli benchmark --scope model --model-size base --mode forward --lengths 1024,4096 \
     --attention yoso-lsh,nystrom,lsg-norm,softmax-sdpa --reference --time-budget 120 "${common[@]}" \
     --json "$out/model.json" --csv "$out/model.csv" --plot "$out/model.png" | tee "$out/model.txt"
