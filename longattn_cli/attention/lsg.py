@@ -276,32 +276,24 @@ class _Chunked(torch.autograd.Function):
             torch.set_rng_state(ctx.rng)  # dropout masks as in the forward, chunk after chunk
             for i in range(0, blocks, step):
                 stop = min(blocks, i + step)
-                rows, keys, slots = att._rows(i, stop, length)
-                leaves = [
-                    q[:, :, rows],
-                    k[:, :, keys],
-                    v[:, :, keys],
-                    kg,
-                    vg,
-                    *(x[:, :, slots] for x in sparse[:2]),
-                ]
-                leaves = [x.detach().requires_grad_() for x in leaves]
+                where = att._rows(i, stop, length)
+                _, keys, slots = where
+                leaves = [x.detach().requires_grad_() for x in _at(where, q, k, v, kg, vg, *sparse[:2])]
                 lq, lk, lv, lkg, lvg, *ls = leaves
                 ms = (sparse[2][:, :, slots],) if sparse else ()
                 out = att._chunk_of(i, stop, length, lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms)
                 got = torch.autograd.grad(out, leaves, grad[:, :, i * bs : stop * bs], allow_unused=True)
-                targets = [
-                    gq[:, :, rows],
-                    gk[:, :, keys],
-                    gv[:, :, keys],
-                    gkg,
-                    gvg,
-                    *(x[:, :, slots] for x in gsparse),
-                ]
+                targets = _at(where, gq, gk, gv, gkg, gvg, *gsparse)
                 for buf, gx in zip(targets, got, strict=True):
                     if gx is not None:
                         buf += gx
         return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
+
+
+def _at(where, q, k, v, kg, vg, *compressed):
+    """One chunk's rows (:meth:`LSGAttention._rows`) of its inputs, or of their gradient buffers."""
+    rows, keys, slots = where
+    return [q[:, :, rows], k[:, :, keys], v[:, :, keys], kg, vg, *(x[:, :, slots] for x in compressed)]
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
