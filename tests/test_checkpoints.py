@@ -177,3 +177,46 @@ def test_missing_path_and_offline_hub_id_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(UserError, match="unreachable"):
         load_model("uw-madison/yoso-4096")
+
+
+@pytest.mark.parametrize("head", ["ForMaskedLM", "Model"])
+def test_distilbert_matches_reference_with_padding(head, tmp_path, wordpiece_dir, capsys):
+    """DistilBERT (its own key names, no token types): logits or hidden states equal transformers' own."""
+    import shutil
+
+    import transformers
+    from transformers import AutoTokenizer, DistilBertConfig
+
+    tok = AutoTokenizer.from_pretrained(wordpiece_dir)
+    config = DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=128, pad_token_id=tok.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    ref = getattr(transformers, f"DistilBert{head}")(config).eval()
+    with torch.no_grad():  # random LayerNorm and bias values, so a wrongly mapped key cannot hide
+        for p in ref.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(tmp_path)
+    for f in wordpiece_dir.iterdir():
+        if f.is_file() and f.name != "config.json":
+            shutil.copy(f, tmp_path / f.name)
+    ours = load_model(str(tmp_path))
+    assert isinstance(ours, LongAttnForMaskedLM if head == "ForMaskedLM" else LongAttnModel)
+    enc = batch(wordpiece_dir)
+    with torch.no_grad():
+        theirs = ref(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        mine = ours(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    a, b = (x.logits if head == "ForMaskedLM" else x.last_hidden_state for x in (mine, theirs))
+    assert_close(real(a, enc["attention_mask"]), real(b, enc["attention_mask"]), rtol=1e-5, atol=1e-5)
+    if head == "ForMaskedLM":  # longattn convert takes it too; the result loads through the Auto classes
+        from helpers import run_cli
+
+        code, _, err = run_cli(
+            ["convert", str(tmp_path), "--max-length", "256", "--out", str(tmp_path / "long")], capsys
+        )
+        assert code == 0, err
+        long = AutoModelForMaskedLM.from_pretrained(tmp_path / "long").eval()
+        short = enc["input_ids"][1:2, : int(enc["attention_mask"][1].sum())]
+        with torch.no_grad():
+            top = long(input_ids=short).logits.argmax(-1), ref(input_ids=short).logits.argmax(-1)
+        assert (top[0] == top[1]).float().mean() > 0.8
