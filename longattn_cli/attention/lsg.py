@@ -131,20 +131,26 @@ class LSGAttention(Attention):
             out = _Chunked.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
         return torch.cat([global_out, out[:, :, :length]], dim=2)
 
+    def _sparse_span(self) -> tuple[int, int, int]:
+        """(sbs, step, width) of the sparse windows in compressed slots: block i's local window is slots
+        [(i-1)·step, (i+2)·step) (step = block_size / sparsity_factor); its sparse windows are the
+        ``sparse_block_size`` slots just left and right of it, the two ends of one span of
+        ``width = 2·sbs + 3·step``."""
+        s = self.settings
+        step = s.block_size // s.sparsity_factor
+        return s.sparse_block_size, step, 2 * s.sparse_block_size + 3 * step
+
     def _pad_compressed(self, x):
         """The compressed sequence with ``sparse_block_size + step`` zero (masked) slots on each side, so that
-        block i's sparse windows start at slot i·step (step = block_size / sparsity_factor)."""
-        s = self.settings
-        edge = s.sparse_block_size + s.block_size // s.sparsity_factor
-        return F.pad(x, (0, 0, edge, edge))
+        block i's span (:meth:`_sparse_span`) starts at slot i·step."""
+        sbs, step, _ = self._sparse_span()
+        return F.pad(x, (0, 0, sbs + step, sbs + step))
 
     def _rows(self, first, stop, length):
         """Where blocks ``first`` … ``stop - 1`` read: the query rows, the key rows (one block more on each
         side, clipped to the sequence) and the padded compressed slots of their sparse windows."""
-        s = self.settings
-        bs = s.block_size
-        step = bs // s.sparsity_factor
-        width = 2 * s.sparse_block_size + 3 * step
+        bs = self.settings.block_size
+        _, step, width = self._sparse_span()
         keys = slice(max((first - 1) * bs, 0), min((stop + 1) * bs, length))
         return slice(first * bs, stop * bs), keys, slice(first * step, (stop - 1) * step + width)
 
@@ -152,30 +158,20 @@ class LSGAttention(Attention):
         """Blocks ``first`` … ``stop - 1``. ``q``, ``k``, ``v`` (B, H, length, D) and ``m`` (B, 1, length, 1)
         are the unpadded rows after the globals; ``sparse`` the padded compressed keys, values and mask
         (:meth:`_pad_compressed`), or nothing."""
-        rows, keys, slots = self._rows(first, stop, q.shape[2])
-        return self._chunk_of(
-            first,
-            stop,
-            q.shape[2],
-            q[:, :, rows],
-            *(x[:, :, keys] for x in (k, v, m)),
-            kg,
-            vg,
-            *(x[:, :, slots] for x in sparse),
-        )
+        where = self._rows(first, stop, q.shape[2])
+        q_, k_, v_, kg, vg, *sparse = _at(where, q, k, v, kg, vg, *sparse)
+        return self._chunk_of(first, stop, q.shape[2], q_, k_, v_, m[:, :, where[1]], kg, vg, *sparse)
 
     def _chunk_of(self, first, stop, length, q, k, v, m, kg, vg, *sparse):
         """:meth:`_chunk` on the rows :meth:`_rows` names; rows outside the sequence count as zeros (masked),
         as if the sequence had an empty block on each side."""
-        s = self.settings
-        bs = s.block_size
+        bs = self.settings.block_size
         q = F.pad(q, (0, 0, 0, (stop - first) * bs - q.shape[2]))
         left, right = max(bs - first * bs, 0), max((stop + 1) * bs - length, 0)
         k, v, m = (F.pad(x, (0, 0, left, right)) for x in (k, v, m))
         windows = ()
         if sparse:
-            sbs, step = s.sparse_block_size, bs // s.sparsity_factor
-            width = 2 * sbs + 3 * step
+            sbs, step, width = self._sparse_span()
             spans = [_windows(x, width, step) for x in sparse]  # (B, H, blocks, width, ·)
             windows = tuple(w for x in spans for w in (x[..., :sbs, :], x[..., width - sbs :, :]))
         return self._blocks(q, k, v, m, len(windows) // 3, kg, vg, *windows)

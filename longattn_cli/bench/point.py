@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from longattn_cli.bench.status import ERROR, OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE  # noqa: F401
+from longattn_cli.models.checkpoints import family_fields
 from longattn_cli.models.modeling import LongAttnConfig, LongAttnLayer, LongAttnModel
 
 
@@ -120,11 +121,9 @@ def _build_reference(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         max_position_embeddings=n + 2,
         **_dropouts(spec),
     )
-    if family == "ModernBert":  # its own names for the dropouts
-        p = kwargs.pop("hidden_dropout_prob", 0.0), kwargs.pop("attention_probs_dropout_prob", 0.0)
-        kwargs.update(embedding_dropout=p[0], mlp_dropout=p[0], attention_dropout=p[1])
     kwargs.update(cand["config"])
-    config = getattr(transformers, f"{family}Config")(**kwargs)
+    config_cls = getattr(transformers, f"{family}Config")
+    config = config_cls(**family_fields(config_cls.model_type, kwargs))  # ModernBERT names its dropouts
     model = getattr(transformers, f"{family}Model")(config).to(dtype=_dtype(spec))
     ids, mask = _token_inputs(spec, config.vocab_size)
     extra = {}

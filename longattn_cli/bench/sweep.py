@@ -48,9 +48,8 @@ class Reference:
     family: str
     config: Callable[[dict[str, Any], int], dict[str, Any]] = lambda settings, n: {}
     unavailable: Callable[[dict[str, Any], int, str], str | None] = lambda settings, n, device: None
-    passthrough: bool = (
-        True  # False: the reference keeps its own defaults even where our setting is named alike
-    )
+    # False: the reference keeps its own defaults even where one of our settings has the same name.
+    passthrough: bool = True
     note: Callable[[int], str | None] = lambda n: None  # what the reference does at length n, for the table
     layer: str = "encoder.layer.0.attention"  # its separable attention module (layer scope)
     # Its own attention FLOP count (n, head width d, scope) → (forward, backward) per head and layer, where
@@ -129,9 +128,8 @@ REFERENCE_FLOPS = {
 }
 
 
-def _bigbird_flops(
-    n, d, scope
-):  # the first and last blocks global, the others 3 sliding + 2 global + 3 random
+def _bigbird_flops(n, d, scope):
+    """The first and last blocks global, the others 3 sliding + 2 global + 3 random blocks of keys."""
     m = _window(n, 64)
     if n <= _BIGBIRD_FULL_UNTIL:
         return _attention_flops(n, n, d)
@@ -220,8 +218,8 @@ class Candidate:
             cfg = _passthrough(ref.family, self.settings) if ref.passthrough else {}
             cfg.update(ref.config(self.settings, n))
             out.update(family=ref.family, config=cfg, layer=ref.layer)
-            if ref.note(n):
-                out["note"] = ref.note(n)
+            if note := ref.note(n):
+                out["note"] = note
         return out
 
 

@@ -49,7 +49,7 @@ def _majority_from_predictions(path: Path) -> float | None:
     recorded it)."""
     if not path.is_file():
         return None
-    from collections import Counter
+    from longattn_cli.training.labels import majority_share
 
     labels = []
     for line in path.read_text().splitlines():
@@ -57,7 +57,7 @@ def _majority_from_predictions(path: Path) -> float | None:
         if label is None or isinstance(label, (list, dict, float)):
             return None  # not single-label classification
         labels.append(label)
-    return max(Counter(labels).values()) / len(labels) if labels else None
+    return majority_share(labels)
 
 
 def _task_from_name(name: str) -> str:

@@ -64,6 +64,20 @@ class Importer:
 
 IMPORTERS: dict[str, Importer] = {}
 
+# Config fields that other families (transformers' own classes) name differently: BERT's name → theirs.
+_FIELD_NAMES = {
+    "modernbert": {
+        "hidden_dropout_prob": ("embedding_dropout", "mlp_dropout"),
+        "attention_probs_dropout_prob": ("attention_dropout",),
+    }
+}
+
+
+def family_fields(model_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` named as BERT names them (dropouts...), renamed to the ``model_type`` config's own names."""
+    names = _FIELD_NAMES.get(model_type, {})
+    return {theirs: v for k, v in fields.items() for theirs in names.get(k, (k,))}
+
 
 def common_config(src: dict[str, Any], **overrides) -> dict[str, Any]:
     """Fields shared by BERT-derived configs, plus ``overrides``."""

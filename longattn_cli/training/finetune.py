@@ -9,7 +9,6 @@ data (or the validation data when there is no test split) to ``OUTPUT/prediction
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +89,6 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
 # Encoders of other families fine-tuned as they are (transformers' own classes, through the Auto classes, no
 # remote code), so that one recipe with model.source swapped gives a baseline row: model_type → name.
 FOREIGN = {"longformer": "Longformer", "big_bird": "BigBird", "modernbert": "ModernBERT"}
-# Their names for the dropouts a recipe sets: ours → theirs.
-_FOREIGN_DROPOUTS = {
-    "modernbert": {
-        "hidden_dropout_prob": ("embedding_dropout", "mlp_dropout"),
-        "attention_probs_dropout_prob": ("attention_dropout",),
-    }
-}
 
 
 def _load_foreign(m, src: dict, fields: dict):
@@ -105,6 +97,7 @@ def _load_foreign(m, src: dict, fields: dict):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from longattn_cli.hub import resolve
+    from longattn_cli.models.checkpoints import family_fields
 
     family = src["model_type"]
     given = [k for k in ("attention", "attention_settings", "scratch") if getattr(m, k)]
@@ -113,13 +106,8 @@ def _load_foreign(m, src: dict, fields: dict):
             f"model.{given[0]} does not apply to model.source={m.source!r}, a {FOREIGN[family]} checkpoint that "
             f"keeps its own attention; remove it (it applies to longattn, RoBERTa and BERT sources)"
         )
-    renames = _FOREIGN_DROPOUTS.get(family, {})
-    extra = {}
-    for k, v in fields.items():
-        for name in renames.get(k, (k,)):
-            extra[name] = v
     directory = resolve(m.source)
-    config = AutoConfig.from_pretrained(directory, **extra)
+    config = AutoConfig.from_pretrained(directory, **family_fields(family, fields))
     cls = (
         AutoModelForTokenClassification
         if m.task == "token-classification"
@@ -231,11 +219,6 @@ def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
     return M.compute(labels.problem_type, flat, gold)
 
 
-def majority_share(labels: list[int]) -> float:
-    """The accuracy of always predicting the most common label: the floor a classifier must beat."""
-    return max(Counter(labels).values()) / len(labels) if labels else 0.0
-
-
 def build(recipe, accelerator) -> Job:
     """The fine-tuning job: splits, labels, tokenizer, model with its head, evaluation and predictions."""
     m, d, t = recipe.model, recipe.data, recipe.training
@@ -341,7 +324,7 @@ def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_c
     if "labels" in ds.column_names:
         results = {"split": name, "loss": loss, **score(labels, logits, ds)}
         if labels.problem_type == "single_label_classification":
-            results["majority_accuracy"] = majority_share(ds["labels"])
+            results["majority_accuracy"] = L.majority_share(ds["labels"])
         (out / "results.json").write_text(json.dumps(results, indent=2))
         rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
     return rows

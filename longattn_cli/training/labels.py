@@ -8,6 +8,7 @@ are single-label classification; lists of them are multi-label (sequence classif
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 from longattn_cli.errors import UserError
@@ -151,3 +152,9 @@ def _collect(splits: list, column: str, kind: str) -> list[str]:
             )
         return [str(i) for i in range(max(seen) + 1)]
     return sorted(str(v) for v in seen)
+
+
+def majority_share(labels: list) -> float | None:
+    """The accuracy of always predicting the most common label: the floor a classifier must beat (None for
+    no labels)."""
+    return max(Counter(labels).values()) / len(labels) if labels else None
