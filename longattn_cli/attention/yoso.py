@@ -265,18 +265,15 @@ def _table_rows(
 
 
 def _bucket_sums(rows: torch.Tensor, values: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """``table[r] = Σ values[p // k]`` over the entries p of ``rows`` (M, k) equal to r: (num_rows, E).
+    """``table[r] = Σ values[i]`` over the entries (i, f) of ``rows`` (M, k) equal to r: (num_rows, E).
 
-    One sparse (num_rows × M) @ dense (M, E) product, which runs several times faster on CPU than
-    ``index_add_`` or ``scatter_add_`` with the same result.
+    One ``index_add_`` of all M values per column f: on CPU about twice as fast as one sparse
+    (num_rows × M·k) @ (M, E) product, and far faster than one ``index_add_`` of the values repeated k times.
     """
-    m, per = rows.shape
-    cols = torch.arange(m, device=rows.device).repeat_interleave(per)
-    indices = torch.stack((rows.reshape(-1), cols))
-    ones = values.new_ones(m * per)
-    return torch.sparse.mm(
-        torch.sparse_coo_tensor(indices, ones, (num_rows, m), check_invariants=False), values
-    )
+    table = values.new_zeros(num_rows, values.shape[1])
+    for f in range(rows.shape[1]):
+        table.index_add_(0, rows[:, f], values)
+    return table
 
 
 def cumulate(
@@ -326,60 +323,100 @@ def _attends(width: torch.Tensor, d: int) -> torch.Tensor:
     return 6 * width * width <= 8 * d * _SLOT * slots
 
 
-class _Lanes:
-    """One group of hashes' buckets laid out in lanes (see the comment above).
+class _Chunk:
+    """One (block of heads, hash) problem's buckets laid out in lanes (see the comment above).
 
     Attributes:
-        rows_q, rows_k: (lanes + 1,) source row of each lane (``pad``, a zero row, where empty); the last lane
-            is always empty.
-        where_q, where_k: (instances,) lane of each (row, hash) instance; the empty last lane where the bucket
-            has no partner (only queries or only keys), so that it reads zeros.
+        rows_q, rows_k: (lanes,) source row of each lane (``pad``, a zero row, where empty); the last lane is
+            always empty.
+        where_q, where_k: (rows,) lane of each query and key row; the empty last lane where the row's bucket has
+            no partner (only queries or only keys), so that it reads zeros.
         classes: [(first lane, buckets, width)] of the attention route, one per width.
-        tables: (first lane, bucket of each slot) of the table route, or None.
+        tables: (first lane, bucket of each slot, number of buckets) of the table route, or None.
     """
 
-    def __init__(self, bq: torch.Tensor, bk: torch.Tensor, rows: torch.Tensor, pad: int, d: int):
-        dev = bq.device
-        ids, inv = torch.unique(torch.cat([bq, bk]), return_inverse=True)
-        iq, ik = inv[: len(bq)], inv[len(bq) :]
-        cq, ck = torch.bincount(iq, minlength=len(ids)), torch.bincount(ik, minlength=len(ids))
-        most = torch.maximum(cq, ck)
-        live = (cq > 0) & (ck > 0)
-        narrow = (most + _WIDTH - 1) // _WIDTH * _WIDTH
-        attend = live & _attends(narrow, d)
-        width = torch.where(attend, narrow, torch.where(live, (most + _SLOT - 1) // _SLOT * _SLOT, 0))
-        # Attention buckets first, by width; then the table ones; buckets without partners take no lanes.
-        key = torch.where(attend, narrow, torch.where(live, 1 << 40, 1 << 41))
-        order = torch.argsort(key, stable=True)
-        ordered = width[order]
-        first = torch.empty_like(width)
-        first[order] = torch.cumsum(ordered, 0) - ordered
-        self.lanes = lanes = int(ordered.sum())
-        self.where_q, self.rows_q = self._place(iq, cq, first, live, rows, lanes, pad)
-        self.where_k, self.rows_k = self._place(ik, ck, first, live, rows, lanes, pad)
-        na = int(attend.sum())
-        widths, counts = torch.unique_consecutive(ordered[:na], return_counts=True)
-        self.classes, lane = [], 0
-        for w, c in zip(widths.tolist(), counts.tolist(), strict=True):
-            self.classes.append((lane, c, w))
-            lane += w * c
-        self.tables = None
-        if lane < lanes:
-            slots = ordered[na : int(live.sum())] // _SLOT  # per table bucket, in lane order
-            self.tables = (lane, torch.repeat_interleave(torch.arange(len(slots), device=dev), slots))
+    __slots__ = ("lanes", "rows_q", "rows_k", "where_q", "where_k", "classes", "tables")
 
-    @staticmethod
-    def _place(ids, counts, first, live, rows, lanes, pad):
-        order = torch.argsort(ids, stable=True)
-        sid = ids[order]
-        rank = torch.arange(len(ids), device=ids.device) - (torch.cumsum(counts, 0) - counts)[sid]
-        lane = torch.where(live[sid], first[sid] + rank, lanes)
-        where = torch.empty_like(lane)
-        where[order] = lane
-        source = torch.full((lanes + 1,), pad, dtype=torch.long, device=ids.device)
-        source[lane] = rows[order]
-        source[lanes] = pad
-        return where, source
+
+def _layout(codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int) -> list[_Chunk]:
+    """Lanes of every chunk for codes (chunks, heads · n): chunk c's row r is token r % n of head r // n.
+
+    All chunks at once, so that the sorts and counts are a few large operations rather than a few small ones
+    per chunk (on CPU a sort of 4,096 elements costs 4× per element what one of a million does). A bucket is
+    (chunk, head, code); buckets are numbered chunk-major, so each chunk's buckets, and lanes, are contiguous.
+    """
+    dev = codes_q.device
+    chunks, rows = codes_q.shape
+    span = int(max(codes_q.max(), codes_k.max())) + 1
+    base = (torch.arange(chunks, device=dev).view(-1, 1) * heads + torch.arange(rows, device=dev) // n) * span
+    bq, bk = (codes_q + base).reshape(-1), (codes_k + base).reshape(-1)  # (chunks · rows,) bucket of each row
+    if chunks * heads * span > 4 * bq.numel():  # wide codes: number the occupied buckets only (order kept)
+        ids, inv = torch.unique(torch.cat([bq, bk]), return_inverse=True)
+        bq, bk, chunk = inv[: len(bq)], inv[len(bq) :], ids // (heads * span)
+    else:
+        chunk = torch.arange(chunks * heads * span, device=dev) // (heads * span)
+    bins = len(chunk)
+    cq, ck = torch.bincount(bq, minlength=bins), torch.bincount(bk, minlength=bins)
+    most = torch.maximum(cq, ck)
+    live = (cq > 0) & (ck > 0)
+    narrow = (most + _WIDTH - 1) // _WIDTH * _WIDTH
+    attend = live & _attends(narrow, d)
+    width = torch.where(attend, narrow, torch.where(live, (most + _SLOT - 1) // _SLOT * _SLOT, 0))
+    # Within a chunk: attention buckets by width, then the table ones, then those without partners (no lanes).
+    big = rows + 2 * _SLOT
+    cls = torch.where(attend, narrow, torch.where(live, big, big + 1))
+    order = torch.argsort(chunk * (big + 2) + cls)
+    ordered, owner = width[order], chunk[order]
+    per_chunk = torch.zeros(chunks, dtype=width.dtype, device=dev).index_add_(0, chunk, width) + 1  # + empty
+    start = torch.cumsum(per_chunk, 0) - per_chunk  # first global lane of each chunk
+    first = torch.empty_like(width)
+    first[order] = torch.cumsum(ordered, 0) - ordered + owner - start[owner]  # lane within its chunk
+    where_q, rows_q = _place(bq, cq, first, live, chunk, per_chunk, start, rows)
+    where_k, rows_k = _place(bk, ck, first, live, chunk, per_chunk, start, rows)
+    # Classes: runs of (chunk, width) among the attention buckets, in lane order.
+    a = attend[order]
+    runs, counts = torch.unique_consecutive((owner * big + ordered)[a], return_counts=True)
+    run_first = first[order[a]][torch.cumsum(counts, 0) - counts]
+    classes: list[list] = [[] for _ in range(chunks)]
+    for key, c, f in zip(runs.tolist(), counts.tolist(), run_first.tolist(), strict=True):
+        classes[key // big].append((f, c, key % big))
+    # Tables: per chunk, its table buckets' slots, numbered from 0 within the chunk.
+    t = (live & ~attend)[order]
+    t_owner, t_first, t_slots = owner[t], first[order[t]], ordered[t] // _SLOT
+    t_count = torch.bincount(t_owner, minlength=chunks)
+    t_start = torch.cumsum(t_count, 0) - t_count
+    slot_bucket = torch.repeat_interleave(torch.arange(len(t_owner), device=dev) - t_start[t_owner], t_slots)
+    s_count = torch.zeros(chunks, dtype=t_slots.dtype, device=dev).index_add_(0, t_owner, t_slots)
+    s_start = (torch.cumsum(s_count, 0) - s_count).tolist()
+    lane0 = t_first[t_start.clamp(max=max(0, len(t_first) - 1))].tolist() if len(t_first) else []
+    t_count, s_count = t_count.tolist(), s_count.tolist()
+    out, lanes, start = [], per_chunk.tolist(), start.tolist()
+    for c in range(chunks):
+        x = _Chunk()
+        x.lanes, lo = lanes[c], start[c]
+        x.rows_q, x.rows_k = rows_q[lo : lo + x.lanes], rows_k[lo : lo + x.lanes]
+        x.where_q, x.where_k = where_q[c * rows : (c + 1) * rows], where_k[c * rows : (c + 1) * rows]
+        x.classes = classes[c]
+        x.tables = None
+        if t_count[c]:
+            x.tables = (lane0[c], slot_bucket[s_start[c] : s_start[c] + s_count[c]], t_count[c])
+        out.append(x)
+    return out
+
+
+def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
+    """Lane (within its chunk) of each row, and source row of each global lane (``rows``: the zero row)."""
+    order = torch.argsort(buckets, stable=True)
+    sid = buckets[order]
+    rank = torch.arange(len(buckets), device=buckets.device) - (torch.cumsum(counts, 0) - counts)[sid]
+    owner = chunk[sid]
+    lane = torch.where(live[sid], first[sid] + rank, per_chunk[owner] - 1)  # dead rows: the empty last lane
+    where = torch.empty_like(lane)
+    where[order] = lane
+    source = torch.full((int(per_chunk.sum()),), rows, dtype=torch.long, device=buckets.device)
+    alive = live[sid]
+    source[(start[owner] + lane)[alive]] = order[alive] % rows
+    return where, source
 
 
 class _Scratch:
@@ -396,6 +433,12 @@ class _Scratch:
         return x[:size].view(*shape)
 
 
+def _heads_per_chunk(bh: int, n: int) -> int:
+    """The largest divisor of B·H with at most _INSTANCES rows per chunk (at least one head)."""
+    most = max(1, _INSTANCES // n)
+    return max(x for x in range(1, min(bh, most) + 1) if bh % x == 0)
+
+
 def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     """Mean over hashes of Σ_j c_ij (g_i·v_j) k_j, of Σ_i c_ij (g_i·v_j) q_i and of Σ_i c_ij g_i: three
     (B, H, N, D) tensors, c_ij = [code_i = code_j] in each hash (codes: (B, H, N, num_hash)).
@@ -406,70 +449,66 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     if counts is not None or _dense_cheaper(n):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
     nh = codes_q.shape[-1]
-    bh = b * h
-    out = {"q": q.new_zeros(bh * n, d), "kv": q.new_zeros(bh * n, 2 * d)}  # ∂k | ∂v side by side
+    heads = _heads_per_chunk(b * h, n)
+    blocks, rows = b * h // heads, heads * n  # a chunk: one block of heads in one hash
+
+    def by_chunk(codes):  # (B, H, N, hashes) → (blocks · hashes, heads · N), chunk = block · hashes + hash
+        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows).long().contiguous()
+
+    def source(x, y):  # (blocks, rows + 1, 2D): x | y side by side per row, and a zero row last
+        s = q.new_empty(blocks, rows + 1, 2 * d)
+        s[:, :rows, :d], s[:, :rows, d:] = x.reshape(blocks, rows, d), y.reshape(blocks, rows, d)
+        s[:, rows].zero_()
+        return s
+
+    src_qg, src_kv = source(q, g / nh), source(k, v)  # g / nh: every sum below is already a mean
+    out_q, out_k = (q.new_empty(blocks, rows, d) for _ in range(2))
     scratch = _Scratch(q)
-    span = int(max(codes_q.max(), codes_k.max())) + 1  # bucket ids of one (row, hash) problem
-    heads = min(bh, max(1, _INSTANCES // n))  # per layout: its scratch is ~3.5 KB per (row, hash) instance
-    group = max(1, _INSTANCES // (heads * n))  # hashes per layout
-    flat = [x.reshape(bh, n, -1) for x in (q, g, k, v, codes_q, codes_k)]
-    for h0 in range(0, bh, heads):
-        hh = slice(h0, min(bh, h0 + heads))
-        q_, g_, k_, v_, cq, ck = (x[hh] for x in flat)
-        rows = (hh.stop - hh.start) * n  # rows of this chunk of heads; row ``rows`` is zeros (empty lanes)
-        source = {
-            "qg": torch.cat([torch.cat([q_, g_], -1).view(rows, 2 * d), q.new_zeros(1, 2 * d)]),
-            "kv": torch.cat([torch.cat([k_, v_], -1).view(rows, 2 * d), q.new_zeros(1, 2 * d)]),
-        }
-        part = {name: x[hh.start * n : hh.stop * n] for name, x in out.items()}
-        index = torch.arange(rows, device=q.device).view(-1, n, 1)
-        for f0 in range(0, nh, group):
-            hs = min(nh, f0 + group) - f0
-            ids = torch.arange(hh.stop - hh.start, device=q.device).view(-1, 1, 1) * hs
-            problem = (ids + torch.arange(hs, device=q.device)) * span  # bucket ids of (head, hash) problems
-            lanes = _Lanes(
-                (cq[..., f0 : f0 + hs] + problem).reshape(-1),
-                (ck[..., f0 : f0 + hs] + problem).reshape(-1),
-                index.expand(-1, n, hs).reshape(-1),
-                rows,
-                d,
-            )
-            _accumulate(lanes, source, part, scratch, rows, hs, d)
-    gkv = out["kv"].div_(nh).view(b, h, n, 2 * d)
-    return out["q"].div_(nh).view(b, h, n, d), gkv[..., :d], gkv[..., d:]  # views: no copy of either
+    cq, ck = by_chunk(codes_q), by_chunk(codes_k)
+    group = max(1, _LAYOUT_ROWS // rows)  # chunks laid out together: bounds the layout's index memory
+    for c0 in range(0, blocks * nh, group):
+        c1 = min(blocks * nh, c0 + group)
+        for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], heads, n, d), start=c0):
+            blk, first = c // nh, c % nh == 0  # the first hash of a block writes, the others add
+            _accumulate(chunk, src_qg[blk], src_kv[blk], out_q[blk], out_k[blk], first, scratch, d)
+    del src_qg, src_kv, scratch
+    # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
+    span = int(max(codes_q.max(), codes_k.max())) + 1
+    gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
+    shape = (b, h, n, d)
+    return out_q.view(shape), out_k.view(shape), gv
 
 
-def _accumulate(lanes: _Lanes, source, out, scratch, rows: int, hs: int, d: int) -> None:
-    """Add one layout's three sums to ``out`` ((rows, D) for ∂q, (rows, 2D) for ∂k | ∂v)."""
-    size = lanes.lanes + 1
-    qg = torch.index_select(source["qg"], 0, lanes.rows_q, out=scratch("qg", size, 2 * d))  # query side
-    kv = torch.index_select(source["kv"], 0, lanes.rows_k, out=scratch("kv", size, 2 * d))  # key side
+def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, first: bool, scratch, d: int) -> None:
+    """Write (``first``) or add one chunk's two sums into ``out_q`` and ``out_k`` (rows, D)."""
+    size = chunk.lanes
+    qg = torch.index_select(src_qg, 0, chunk.rows_q, out=scratch("qg", size, 2 * d))  # query side
+    kv = torch.index_select(src_kv, 0, chunk.rows_k, out=scratch("kv", size, 2 * d))  # key side
     qs, gs, ks, vs = qg[:, :d], qg[:, d:], kv[:, :d], kv[:, d:]
-    oq, okv = scratch("oq", size, d), scratch("okv", size, 2 * d)
-    ok, ov = okv[:, :d], okv[:, d:]
+    oq, ok = scratch("oq", size, d), scratch("ok", size, d)
     oq[-1].zero_()
-    okv[-1].zero_()
-    for first, count, width in lanes.classes:
-        part = slice(first, first + count * width)
+    ok[-1].zero_()
+    for lane, count, width in chunk.classes:
+        part = slice(lane, lane + count * width)
         q_, g_, k_, v_ = (x[part].view(count, width, d) for x in (qs, gs, ks, vs))
         w = torch.bmm(g_, v_.transpose(1, 2), out=scratch("w", count, width, width))  # (buckets, W, W)
         torch.bmm(w, k_, out=oq[part].view(count, width, d))
-        ok[part].view(count, width, d).copy_(torch.bmm(w.transpose(1, 2), q_))
-        ov[part].view(count, width, d).copy_(g_.sum(1, keepdim=True).expand(count, width, d))
-    if lanes.tables is not None:
-        first, bucket = lanes.tables
-        part = slice(first, lanes.lanes)
+        torch.bmm(w.transpose(1, 2), q_, out=ok[part].view(count, width, d))
+    if chunk.tables is not None:
+        lane, bucket, nt = chunk.tables
+        part = slice(lane, size - 1)
         q_, g_, k_, v_ = (x[part].view(-1, _SLOT, d) for x in (qs, gs, ks, vs))
-        nt = int(bucket[-1]) + 1
         vk = q_.new_zeros(nt, d, d).index_add_(0, bucket, v_.transpose(1, 2) @ k_)  # Σ v kᵀ per bucket
         torch.bmm(g_, vk.index_select(0, bucket), out=oq[part].view(-1, _SLOT, d))
         gq = q_.new_zeros(nt, d, d).index_add_(0, bucket, g_.transpose(1, 2) @ q_)  # Σ g qᵀ per bucket
-        ok[part].view(-1, _SLOT, d).copy_(v_ @ gq.index_select(0, bucket))
-        gsum = q_.new_zeros(nt, d).index_add_(0, bucket, g_.sum(1))
-        ov[part].view(-1, _SLOT, d).copy_(gsum.index_select(0, bucket)[:, None].expand(-1, _SLOT, d))
-    for name, o, where in (("q", oq, lanes.where_q), ("kv", okv, lanes.where_k)):
-        read = torch.index_select(o, 0, where, out=scratch("read" + name, rows * hs, o.shape[1]))
-        out[name] += read.view(rows, hs, -1).sum(1) if hs > 1 else read
+        torch.bmm(v_, gq.index_select(0, bucket), out=ok[part].view(-1, _SLOT, d))
+    if first:
+        torch.index_select(oq, 0, chunk.where_q, out=out_q)
+        torch.index_select(ok, 0, chunk.where_k, out=out_k)
+        return
+    read = scratch("read", len(chunk.where_q), d)
+    out_q += torch.index_select(oq, 0, chunk.where_q, out=read)
+    out_k += torch.index_select(ok, 0, chunk.where_k, out=read)
 
 
 def _dense_cheaper(n: int) -> bool:
@@ -479,7 +518,8 @@ def _dense_cheaper(n: int) -> bool:
 
 
 _DENSE_MAX = 1024
-_INSTANCES = 1 << 15  # (row, hash) instances per lane layout
+_INSTANCES = 1 << 14  # rows per chunk (block of heads, one hash): its scratch stays in cache
+_LAYOUT_ROWS = 1 << 20  # rows of the chunks laid out together
 
 
 def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
