@@ -239,6 +239,7 @@ ROUTES = {
     "tables": {"_DENSE_MAX": 0, "_attends": lambda width, d: width < 0},
     "split heads": {"_DENSE_MAX": 0, "_INSTANCES": 50},
     "split heads and hashes": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_BUDGET": 100},
+    "one chunk per layout": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_LAYOUT_ROWS": 1},
 }
 
 

@@ -339,8 +339,11 @@ class _Chunk:
     __slots__ = ("lanes", "rows_q", "rows_k", "classes", "tables")
 
 
-def _layout(codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int) -> list[_Chunk]:
-    """Lanes of every chunk for codes (chunks, heads · n): chunk c's row r is token r % n of head r // n.
+def _layout(
+    codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int, span: int
+) -> list[_Chunk]:
+    """Lanes of every chunk for codes (chunks, heads · n) below ``span``: chunk c's row r is token r % n of
+    head r // n.
 
     All chunks at once, so that the sorts and counts are a few large operations rather than a few small ones
     per chunk (on CPU a sort of 4,096 elements costs 4× per element what one of a million does). A bucket is
@@ -348,7 +351,6 @@ def _layout(codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d:
     """
     dev = codes_q.device
     chunks, rows = codes_q.shape
-    span = int(max(codes_q.max(), codes_k.max())) + 1
     base = (torch.arange(chunks, device=dev).view(-1, 1) * heads + torch.arange(rows, device=dev) // n) * span
     bq, bk = (codes_q + base).reshape(-1), (codes_k + base).reshape(-1)  # (chunks · rows,) bucket of each row
     if chunks * heads * span > 4 * bq.numel():  # wide codes: number the occupied buckets only (order kept)
@@ -383,13 +385,12 @@ def _layout(codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d:
         classes[key // big].append((f, c, key % big))
     # Tables: per chunk, its table buckets' slots, numbered from 0 within the chunk.
     t = (live & ~attend)[order]
-    t_owner, t_first, t_slots = owner[t], first[order[t]], ordered[t] // _SLOT
+    t_owner, t_slots = owner[t], ordered[t] // _SLOT
     t_count = torch.bincount(t_owner, minlength=chunks)
     t_start = torch.cumsum(t_count, 0) - t_count
     slot_bucket = torch.repeat_interleave(torch.arange(len(t_owner), device=dev) - t_start[t_owner], t_slots)
     s_count = torch.zeros(chunks, dtype=t_slots.dtype, device=dev).index_add_(0, t_owner, t_slots)
     s_start = (torch.cumsum(s_count, 0) - s_count).tolist()
-    lane0 = t_first[t_start.clamp(max=max(0, len(t_first) - 1))].tolist() if len(t_first) else []
     t_count, s_count = t_count.tolist(), s_count.tolist()
     out, lanes, start = [], per_chunk.tolist(), start.tolist()
     for c in range(chunks):
@@ -398,8 +399,9 @@ def _layout(codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d:
         x.rows_q, x.rows_k = rows_q[lo : lo + x.lanes], rows_k[lo : lo + x.lanes]
         x.classes = classes[c]
         x.tables = None
-        if t_count[c]:
-            x.tables = (lane0[c], slot_bucket[s_start[c] : s_start[c] + s_count[c]], t_count[c])
+        if t_count[c]:  # table lanes close the chunk: they start _SLOT lanes per slot before its end
+            lane = x.lanes - s_count[c] * _SLOT
+            x.tables = (lane, slot_bucket[s_start[c] : s_start[c] + s_count[c]], t_count[c])
         out.append(x)
     return out
 
@@ -456,7 +458,7 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     blocks, rows = b * h // heads, heads * n  # a chunk: one block of heads in one hash
 
     def by_chunk(codes):  # (B, H, N, hashes) → (blocks · hashes, heads · N), chunk = block · hashes + hash
-        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows).long().contiguous()
+        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows).long()
 
     def source(x, y):  # (blocks, rows + 1, 2D): x | y side by side per row, and a zero row last
         s = q.new_empty(blocks, rows + 1, 2 * d)
@@ -468,15 +470,15 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     out_q, out_k = (q.new_zeros(blocks, rows + 1, d) for _ in range(2))  # + a spare row for padding lanes
     scratch = _Scratch(q)
     cq, ck = by_chunk(codes_q), by_chunk(codes_k)
+    span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
     group = max(1, _LAYOUT_ROWS // rows)  # chunks laid out together: bounds the layout's index memory
     for c0 in range(0, blocks * nh, group):
         c1 = min(blocks * nh, c0 + group)
-        for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], heads, n, d), start=c0):
+        for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], heads, n, d, span), start=c0):
             blk = c // nh
             _accumulate(chunk, src_qg[blk], src_kv[blk], out_q[blk], out_k[blk], scratch, d)
     del src_qg, src_kv, scratch
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
-    span = int(max(codes_q.max(), codes_k.max())) + 1
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
     shape = (b, h, n, d)
     return out_q[:, :rows].reshape(shape), out_k[:, :rows].reshape(shape), gv
