@@ -346,14 +346,15 @@ class _Chunk:
     """One (block of heads, hash) problem's buckets laid out in lanes (see the comment above).
 
     Attributes:
-        rows_q, rows_k: (lanes,) source row of each lane: where its inputs come from and its sums go (``rows``,
-            a zero row, where the lane is padding). Rows whose bucket has no partner (only queries or only keys)
-            have no lane: they add nothing.
+        rows_q, rows_k: (lanes,) source row of each lane: where its inputs come from (``rows``, a zero row,
+            where the lane is padding).
+        back_q, back_k: (rows,) lane of each row: where its sums come from (``lanes``, a zero lane, for a row
+            whose bucket has no partner, only queries or only keys: it has no lane and adds nothing).
         classes: [(first lane, buckets, width)] of the attention route, one per width.
         tables: (first lane, bucket of each slot, number of buckets) of the table route, or None.
     """
 
-    __slots__ = ("lanes", "rows_q", "rows_k", "classes", "tables")
+    __slots__ = ("lanes", "rows_q", "rows_k", "back_q", "back_k", "classes", "tables")
 
 
 def _layout(
@@ -391,8 +392,8 @@ def _layout(
     start = torch.cumsum(per_chunk, 0) - per_chunk  # first global lane of each chunk
     first = torch.empty_like(width)
     first[order] = torch.cumsum(ordered, 0) - ordered - start[owner]  # lane within its chunk
-    rows_q = _place(bq, cq, first, live, chunk, per_chunk, start, rows)
-    rows_k = _place(bk, ck, first, live, chunk, per_chunk, start, rows)
+    rows_q, back_q = _place(bq, cq, first, live, chunk, per_chunk, start, rows)
+    rows_k, back_k = _place(bk, ck, first, live, chunk, per_chunk, start, rows)
     # Classes: runs of (chunk, width) among the attention buckets, in lane order.
     a = attend[order]
     runs, counts = torch.unique_consecutive((owner * big + ordered)[a], return_counts=True)
@@ -414,6 +415,7 @@ def _layout(
         x = _Chunk()
         x.lanes, lo = lanes[c], start[c]
         x.rows_q, x.rows_k = rows_q[lo : lo + x.lanes], rows_k[lo : lo + x.lanes]
+        x.back_q, x.back_k = back_q[c], back_k[c]
         x.classes = classes[c]
         x.tables = None
         if t_count[c]:  # table lanes close the chunk: they start _SLOT lanes per slot before its end
@@ -424,7 +426,8 @@ def _layout(
 
 
 def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
-    """Source row of each global lane (``rows``, the zero row, for padding lanes).
+    """Source row of each global lane (``rows``, the zero row, for padding lanes), and the lane of each row
+    within its chunk ((chunks, rows); a chunk's lane count, its zero lane, for rows without a lane).
 
     Per-bucket quantities are gathered with ``index_select`` (a few times faster than ``x[index]`` here).
     """
@@ -438,7 +441,8 @@ def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
     at = torch.where(alive, torch.index_select(base, 0, sid) + rank, total)
     source = torch.full((total + 1,), rows, dtype=torch.long, device=buckets.device)
     source.scatter_(0, at, order % rows)
-    return source[:total]
+    back = torch.empty_like(at).scatter_(0, order, at).view(-1, rows) - start.view(-1, 1)
+    return source[:total], torch.minimum(back, per_chunk.view(-1, 1))
 
 
 class _Scratch:
@@ -484,7 +488,7 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
         return s
 
     src_qg, src_kv = source(q, g / nh), source(k, v)  # g / nh: every sum below is already a mean
-    out_q, out_k = (q.new_zeros(blocks, rows + 1, d) for _ in range(2))  # + a spare row for padding lanes
+    out_q, out_k = (q.new_zeros(blocks, rows, d) for _ in range(2))
     scratch = _Scratch(q)
     cq, ck = by_chunk(codes_q), by_chunk(codes_k)
     span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
@@ -498,16 +502,18 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
     shape = (b, h, n, d)
-    return out_q[:, :rows].reshape(shape), out_k[:, :rows].reshape(shape), gv
+    return out_q.reshape(shape), out_k.reshape(shape), gv
 
 
 def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int) -> None:
-    """Add one chunk's two sums into ``out_q`` and ``out_k`` (rows + 1, D; the last row takes padding lanes)."""
+    """Add one chunk's two sums into ``out_q`` and ``out_k`` (rows, D)."""
     size = chunk.lanes
     qg = torch.index_select(src_qg, 0, chunk.rows_q, out=scratch("qg", size, 2 * d))  # query side
     kv = torch.index_select(src_kv, 0, chunk.rows_k, out=scratch("kv", size, 2 * d))  # key side
     qs, gs, ks, vs = qg[:, :d], qg[:, d:], kv[:, :d], kv[:, d:]
-    oq, ok = scratch("oq", size, d), scratch("ok", size, d)
+    oq, ok = scratch("oq", size + 1, d), scratch("ok", size + 1, d)  # + a zero lane for rows without one
+    oq[size].zero_()
+    ok[size].zero_()
     for lane, count, width in chunk.classes:
         part = slice(lane, lane + count * width)
         q_, g_, k_, v_ = (x[part].view(count, width, d) for x in (qs, gs, ks, vs))
@@ -522,9 +528,9 @@ def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int) ->
         torch.bmm(g_, vk.index_select(0, bucket), out=oq[part].view(-1, _SLOT, d))
         gq = q_.new_zeros(nt, d, d).index_add_(0, bucket, g_.transpose(1, 2) @ q_)  # Σ g qᵀ per bucket
         torch.bmm(v_, gq.index_select(0, bucket), out=ok[part].view(-1, _SLOT, d))
-    # Each lane adds into its source row (the query's, the key's); padding lanes into the spare last row.
-    out_q.index_add_(0, chunk.rows_q, oq)
-    out_k.index_add_(0, chunk.rows_k, ok)
+    # Each row reads its lane's sums (a gather: on CPU several times faster than index_add_ from the lanes).
+    out_q += torch.index_select(oq, 0, chunk.back_q, out=scratch("back", len(out_q), d))
+    out_k += torch.index_select(ok, 0, chunk.back_k, out=scratch("back", len(out_k), d))
 
 
 def _dense_cheaper(n: int) -> bool:
