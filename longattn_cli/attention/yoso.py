@@ -433,16 +433,19 @@ def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
     """
     sid, order = torch.sort(buckets.int(), stable=True)  # int32 sorts twice as fast as int64
     sid = sid.long()
-    base = first - (torch.cumsum(counts, 0) - counts) + start[chunk]  # global lane of a bucket's row, - rank
+    rank = torch.arange(len(buckets), device=buckets.device)  # position in bucket order
+    owner = torch.index_select(chunk, 0, sid)  # chunk of each row, in bucket order
+    # A row's lane within its chunk: its bucket's first lane + its rank in the bucket; the zero lane (the chunk's
+    # lane count) for rows of buckets without a partner.
+    lane = torch.index_select(first - (torch.cumsum(counts, 0) - counts), 0, sid) + rank
     alive = torch.index_select(live, 0, sid)
-    rank = torch.arange(len(buckets), device=buckets.device)
+    lane = torch.where(alive, lane, torch.index_select(per_chunk, 0, owner))
+    back = torch.empty_like(lane).scatter_(0, order, lane).view(-1, rows)
     total = int(per_chunk.sum())
-    # Rows of buckets without a partner have no lane: they all write one spare slot past the end, dropped.
-    at = torch.where(alive, torch.index_select(base, 0, sid) + rank, total)
+    at = torch.where(alive, lane + torch.index_select(start, 0, owner), total)  # lane-less rows: a spare slot
     source = torch.full((total + 1,), rows, dtype=torch.long, device=buckets.device)
-    source.scatter_(0, at, order % rows)
-    back = torch.empty_like(at).scatter_(0, order, at).view(-1, rows) - start.view(-1, 1)
-    return source[:total], torch.minimum(back, per_chunk.view(-1, 1))
+    source.scatter_(0, at, order - owner * rows)
+    return source[:total], back
 
 
 class _Scratch:
@@ -541,7 +544,7 @@ def _dense_cheaper(n: int) -> bool:
 
 _DENSE_MAX = 1024
 _INSTANCES = 1 << 14  # rows per chunk (block of heads, one hash): its scratch stays in cache
-_LAYOUT_ROWS = 1 << 20  # rows of the chunks laid out together
+_LAYOUT_ROWS = 1 << 18  # rows of the chunks laid out together
 
 
 def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
