@@ -31,6 +31,7 @@ def _register_models() -> None:
     from transformers import (
         AutoModel,
         AutoModelForMaskedLM,
+        AutoModelForPreTraining,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
@@ -39,6 +40,7 @@ def _register_models() -> None:
 
     AutoModel.register(m.LongAttnConfig, m.LongAttnModel, exist_ok=True)
     AutoModelForMaskedLM.register(m.LongAttnConfig, m.LongAttnForMaskedLM, exist_ok=True)
+    AutoModelForPreTraining.register(m.LongAttnConfig, m.LongAttnForReplacedTokenDetection, exist_ok=True)
     AutoModelForSequenceClassification.register(
         m.LongAttnConfig, m.LongAttnForSequenceClassification, exist_ok=True
     )

@@ -386,6 +386,136 @@ def _distilbert_missing(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     return {"distilbert.embeddings.token_type_embeddings.weight": word.new_zeros(1, word.shape[1])}
 
 
+# ElectraConfig's defaults, for fields a config.json leaves out.
+_ELECTRA_DEFAULTS = {
+    "vocab_size": 30522,
+    "embedding_size": 128,
+    "hidden_size": 256,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "hidden_act": "gelu",
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+def _electra_config(src: dict[str, Any]) -> dict[str, Any]:
+    """ELECTRA is BERT with embeddings of their own width (``embedding_size``, mapped to the hidden size when
+    it differs), a gelu generator head and a gelu sequence-classification head."""
+    _check_absolute(src)
+    src = _ELECTRA_DEFAULTS | {k: v for k, v in src.items() if v is not None}
+    e = src["embedding_size"]
+    return common_config(
+        src,
+        position_offset=0,
+        embedding_size=None if e == src["hidden_size"] else e,  # ElectraModel has no projection then
+        classifier_activation="gelu",
+        lm_head_act="gelu",
+        **lsg_attention(src),
+    )
+
+
+def _electra_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    m = bert_style_body("electra", cfg.get("num_hidden_layers", 12))
+    parts = {
+        "electra.embeddings_project": "longattn.embeddings.projection",
+        "generator_predictions.dense": "lm_head.dense",
+        "generator_predictions.LayerNorm": "lm_head.layer_norm",
+        "discriminator_predictions.dense": "discriminator",
+        "discriminator_predictions.dense_prediction": "prediction",
+    }
+    token_level = any("ForTokenClassification" in a for a in cfg.get("architectures") or [])
+    if token_level:
+        parts["classifier"] = "classifier"
+    else:
+        parts |= {"classifier.dense": "classifier.dense", "classifier.out_proj": "classifier.out_proj"}
+    for a, b in parts.items():
+        for t in ("weight", "bias"):
+            m[f"{a}.{t}"] = f"{b}.{t}"
+    m["generator_lm_head.weight"] = "lm_head.decoder.weight"
+    m["generator_lm_head.bias"] = "lm_head.bias"
+    return m
+
+
+# AlbertConfig's defaults, for fields a config.json leaves out.
+_ALBERT_DEFAULTS = {
+    "vocab_size": 30000,
+    "embedding_size": 128,
+    "hidden_size": 4096,
+    "num_hidden_layers": 12,
+    "num_hidden_groups": 1,
+    "num_attention_heads": 64,
+    "intermediate_size": 16384,
+    "inner_group_num": 1,
+    "hidden_act": "gelu_new",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+}
+
+
+def _albert_config(src: dict[str, Any]) -> dict[str, Any]:
+    """ALBERT: factorised embeddings (``embedding_size``, always mapped to the hidden size) and layers shared
+    in ``num_hidden_groups`` groups, kept shared (one set of weights per group)."""
+    _check_absolute(src)
+    src = _ALBERT_DEFAULTS | {k: v for k, v in src.items() if v is not None}
+    if src["inner_group_num"] != 1:
+        raise UserError(
+            f"ALBERT with inner_group_num={src['inner_group_num']} is not supported (only 1, as every "
+            "published ALBERT): each shared group must be one layer"
+        )
+    if "classifier_dropout_prob" in src:
+        src["classifier_dropout"] = src["classifier_dropout_prob"]
+    return common_config(
+        src,
+        position_offset=0,
+        embedding_size=src["embedding_size"],
+        num_hidden_groups=src["num_hidden_groups"],
+        **lsg_attention(src),
+    )
+
+
+def _albert_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    m = {}
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "global_embeddings"):
+        m[f"albert.embeddings.{name}.weight"] = f"longattn.embeddings.{name}.weight"
+    pairs = {
+        "attention.query": "query",
+        "attention.key": "key",
+        "attention.value": "value",
+        "attention.dense": "attention_output",
+        "attention.LayerNorm": "attention_norm",
+        "ffn": "intermediate",
+        "ffn_output": "output",
+        "full_layer_layer_norm": "output_norm",
+    }
+    parts = {
+        "albert.embeddings.LayerNorm": "longattn.embeddings.layer_norm",
+        "albert.encoder.embedding_hidden_mapping_in": "longattn.embeddings.projection",
+        "predictions.dense": "lm_head.dense",
+        "predictions.LayerNorm": "lm_head.layer_norm",
+    }
+    for g in range(cfg.get("num_hidden_groups", 1)):
+        src, dst = f"albert.encoder.albert_layer_groups.{g}.albert_layers.0", f"longattn.layers.{g}"
+        parts |= {f"{src}.{a}": f"{dst}.{b}" for a, b in pairs.items()}
+    if any("ForTokenClassification" in a for a in cfg.get("architectures") or []):
+        parts["classifier"] = "classifier"
+    else:  # ALBERT's pooler + classifier is RoBERTa's dense + out_proj head, as BERT's
+        parts |= {"albert.pooler": "classifier.dense", "classifier": "classifier.out_proj"}
+    for a, b in parts.items():
+        for t in ("weight", "bias"):
+            m[f"{a}.{t}"] = f"{b}.{t}"
+    m["predictions.decoder.weight"] = "lm_head.decoder.weight"
+    m["predictions.bias" if "predictions.bias" in keys else "predictions.decoder.bias"] = "lm_head.bias"
+    return m
+
+
 IMPORTERS["roberta"] = Importer("roberta", _roberta_config, _roberta_keys)
 IMPORTERS["xlm-roberta"] = Importer("roberta", _roberta_config, _roberta_keys)
 IMPORTERS["camembert"] = Importer("roberta", _roberta_config, _roberta_keys)
@@ -393,6 +523,8 @@ IMPORTERS["bert"] = Importer("bert", _bert_config, _bert_keys)
 IMPORTERS["nystromformer"] = Importer("nystromformer", _nystromformer_config, _nystromformer_keys)
 IMPORTERS["yoso"] = Importer("yoso", _yoso_config, _yoso_keys)
 IMPORTERS["distilbert"] = Importer("distilbert", _distilbert_config, _distilbert_keys, _distilbert_missing)
+IMPORTERS["electra"] = Importer("electra", _electra_config, _electra_keys)
+IMPORTERS["albert"] = Importer("albert", _albert_config, _albert_keys)
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -434,6 +566,10 @@ def supported_types() -> list[str]:
 def detect_head(cfg: dict[str, Any]) -> str:
     """Our head matching the source's ``architectures`` (``base`` when none is recognised)."""
     arch = " ".join(cfg.get("architectures") or [])
+    if (
+        "ForPreTraining" in arch
+    ):  # ELECTRA's discriminator; BERT's and ALBERT's MLM (their NSP/SOP heads dropped)
+        return "replaced-token-detection" if cfg.get("model_type") == "electra" else "masked-lm"
     for suffix, head in (
         ("ForMaskedLM", "masked-lm"),
         ("ForSequenceClassification", "sequence-classification"),
@@ -492,8 +628,8 @@ def load_model(
 
     Args:
         source: a checkpoint directory or a hub id.
-        head: ``auto`` (the source's own head), ``base``, ``masked-lm``, ``sequence-classification`` or
-            ``token-classification``. A head the source lacks is initialised randomly.
+        head: ``auto`` (the source's own head), ``base``, ``masked-lm``, ``sequence-classification``,
+            ``token-classification`` or ``replaced-token-detection`` (ELECTRA's discriminator). A head the source lacks is initialised randomly.
         attention: switch to this mechanism (e.g. run a softmax checkpoint with ``yoso``).
         attention_settings: override the mechanism's settings (e.g. ``{"use_expectation": False}``).
         **config_overrides: other config fields (``num_labels``, dropouts...).

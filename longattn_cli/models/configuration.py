@@ -32,6 +32,15 @@ class LongAttnConfig(PretrainedConfig):
         classifier_dropout: dropout in classification heads (defaults to ``hidden_dropout_prob``).
         classifier_pooling: what the sequence-classification head reads: ``first`` (the first token, as
             BERT and RoBERTa) or ``mean`` (the mean over real tokens, as the LRA models).
+        classifier_activation: activation of the sequence-classification head's dense layer (``tanh`` as
+            BERT and RoBERTa; ``gelu`` as ELECTRA).
+        embedding_size: width of the token, position and token-type embeddings when it differs from
+            ``hidden_size`` (ALBERT, ELECTRA): a linear map takes them to ``hidden_size``, and the MLM head
+            maps back to this width before its decoder. None: the embeddings are ``hidden_size`` wide.
+        num_hidden_groups: number of distinct layers, shared in order by the ``num_hidden_layers`` (ALBERT's
+            cross-layer sharing: layer i runs group ``i · num_hidden_groups // num_hidden_layers``). None:
+            every layer has its own weights.
+        lm_head_act: activation of the MLM head (None: ``hidden_act``; ELECTRA's generator uses gelu).
     """
 
     model_type = "longattn"
@@ -55,6 +64,10 @@ class LongAttnConfig(PretrainedConfig):
         attention_settings: dict[str, Any] | None = None,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "first",
+        classifier_activation: str = "tanh",
+        embedding_size: int | None = None,
+        num_hidden_groups: int | None = None,
+        lm_head_act: str | None = None,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
         eos_token_id: int = 2,
@@ -81,6 +94,22 @@ class LongAttnConfig(PretrainedConfig):
         if classifier_pooling not in ("first", "mean"):
             raise ValueError(f"classifier_pooling={classifier_pooling!r} is not one of first, mean")
         self.classifier_pooling = classifier_pooling
+        from transformers.activations import ACT2FN
+
+        for name, act in (("classifier_activation", classifier_activation), ("lm_head_act", lm_head_act)):
+            if act is not None and act not in ACT2FN:
+                raise ValueError(f"{name}={act!r} is not an activation; valid: {', '.join(sorted(ACT2FN))}")
+        self.classifier_activation = classifier_activation
+        self.lm_head_act = lm_head_act
+        if embedding_size is not None and embedding_size < 1:
+            raise ValueError(f"embedding_size={embedding_size} must be a positive width, or null")
+        self.embedding_size = embedding_size
+        if num_hidden_groups is not None and not 1 <= num_hidden_groups <= num_hidden_layers:
+            raise ValueError(
+                f"num_hidden_groups={num_hidden_groups} must be between 1 and num_hidden_layers="
+                f"{num_hidden_layers}, or null"
+            )
+        self.num_hidden_groups = num_hidden_groups
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -97,6 +126,11 @@ class LongAttnConfig(PretrainedConfig):
     def num_global_tokens(self) -> int:
         """Learned tokens prepended to every sequence (used by LSG; 0 for the other mechanisms)."""
         return int(self.attention_settings.get("num_global_tokens", 0) or 0)
+
+    @property
+    def embedding_width(self) -> int:
+        """Width of the embedding tables (``embedding_size``, else ``hidden_size``)."""
+        return self.embedding_size or self.hidden_size
 
     @property
     def max_sequence_length(self) -> int:

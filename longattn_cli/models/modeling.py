@@ -24,20 +24,21 @@ from longattn_cli.models.configuration import LongAttnConfig
 
 
 class LongAttnEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, with optional learned global tokens prepended."""
+    """Word + position + token-type embeddings, with optional learned global tokens prepended, and with
+    ``embedding_size`` a linear map to ``hidden_size`` after the LayerNorm and dropout (ALBERT, ELECTRA)."""
 
     def __init__(self, config: LongAttnConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(
-            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
-        )
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        e = config.embedding_width
+        self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
         self.num_global_tokens = config.num_global_tokens
         if self.num_global_tokens:
-            self.global_embeddings = nn.Embedding(self.num_global_tokens, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.global_embeddings = nn.Embedding(self.num_global_tokens, e)
+        self.layer_norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.projection = nn.Linear(e, config.hidden_size) if config.embedding_size else None
         self.position_offset = config.position_offset
 
     def position_ids(self, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,8 @@ class LongAttnEmbeddings(nn.Module):
         if self.num_global_tokens:
             g = self.global_embeddings.weight[None].expand(x.shape[0], -1, -1)  # (B, G, C)
             x = torch.cat([g.to(x.dtype), x], dim=1)
-        return self.dropout(self.layer_norm(x))
+        x = self.dropout(self.layer_norm(x))
+        return x if self.projection is None else self.projection(x)
 
 
 class LongAttnLayer(nn.Module):
@@ -128,7 +130,8 @@ class LongAttnModel(LongAttnPreTrainedModel):
     def __init__(self, config: LongAttnConfig):
         super().__init__(config)
         self.embeddings = LongAttnEmbeddings(config)
-        self.layers = nn.ModuleList(LongAttnLayer(config) for _ in range(config.num_hidden_layers))
+        distinct = config.num_hidden_groups or config.num_hidden_layers  # ALBERT shares layers in groups
+        self.layers = nn.ModuleList(LongAttnLayer(config) for _ in range(distinct))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -162,7 +165,9 @@ class LongAttnModel(LongAttnPreTrainedModel):
         if g:
             mask = torch.cat([mask.new_ones(shape[0], g), mask], dim=1)
         hidden = [x[:, g:]] if output_hidden_states else None
-        for layer in self.layers:
+        depth, distinct = self.config.num_hidden_layers, len(self.layers)
+        for i in range(depth):
+            layer = self.layers[i * distinct // depth]
             if self.gradient_checkpointing and self.training:
                 x = self._gradient_checkpointing_func(layer.__call__, x, mask)
             else:
@@ -205,14 +210,16 @@ def pool_with_global(x: torch.Tensor, mask: torch.Tensor, g: int) -> torch.Tenso
 
 
 class LongAttnLMHead(nn.Module):
-    """dense → activation → LayerNorm → decoder (tied to the word embeddings) + bias."""
+    """dense → activation → LayerNorm → decoder (tied to the word embeddings) + bias; the dense layer maps to
+    the embeddings' width (``embedding_size``, ALBERT's and ELECTRA's factorised head)."""
 
     def __init__(self, config: LongAttnConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        e = config.embedding_width
+        self.dense = nn.Linear(config.hidden_size, e)
+        self.act = ACT2FN[config.lm_head_act or config.hidden_act]
+        self.layer_norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(e, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +255,8 @@ class LongAttnForMaskedLM(LongAttnPreTrainedModel):
 
 
 class LongAttnClassificationHead(nn.Module):
-    """Pooled head: dropout → dense → tanh → dropout → out_proj (RoBERTa's; BERT's pooler maps onto it).
+    """Pooled head: dropout → dense → tanh → dropout → out_proj (RoBERTa's; BERT's pooler maps onto it; the
+    activation is ``classifier_activation``, gelu for ELECTRA).
 
     The pooled vector is the first token's, or with ``classifier_pooling="mean"`` the mean over real tokens.
     """
@@ -258,6 +266,7 @@ class LongAttnClassificationHead(nn.Module):
         self.pooling = config.classifier_pooling
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.classifier_activation]
         self.dropout = nn.Dropout(p)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
@@ -270,7 +279,7 @@ class LongAttnClassificationHead(nn.Module):
                 x = (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
         else:
             x = x[:, 0]
-        x = torch.tanh(self.dense(self.dropout(x)))
+        x = self.act(self.dense(self.dropout(x)))
         return self.out_proj(self.dropout(x))
 
 
@@ -332,11 +341,41 @@ class LongAttnForTokenClassification(LongAttnPreTrainedModel):
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
+class LongAttnForReplacedTokenDetection(LongAttnPreTrainedModel):
+    """ELECTRA's discriminator: dense → hidden_act → one logit per token, "was this token replaced?"
+    (``ElectraForPreTraining``; registered with ``AutoModelForPreTraining``). ``labels`` (B, N), 1 where the
+    token was replaced: binary cross-entropy over the real tokens."""
+
+    def __init__(self, config: LongAttnConfig):
+        super().__init__(config)
+        self.longattn = LongAttnModel(config)
+        self.discriminator = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.prediction = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, output_hidden_states=None, **kwargs):
+        out = self.longattn(
+            input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs
+        )
+        logits = self.prediction(self.act(self.discriminator(out.last_hidden_state))).squeeze(-1)  # (B, N)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device).float()
+            if attention_mask is None:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+            else:
+                real = attention_mask.to(logits.device).bool()
+                loss = nn.functional.binary_cross_entropy_with_logits(logits[real].float(), labels[real])
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
 HEADS = {
     "base": LongAttnModel,
     "masked-lm": LongAttnForMaskedLM,
     "sequence-classification": LongAttnForSequenceClassification,
     "token-classification": LongAttnForTokenClassification,
+    "replaced-token-detection": LongAttnForReplacedTokenDetection,
 }
 
 
