@@ -280,7 +280,8 @@ LSG_FLAG_HELP = "LSG setting (with --attention lsg); default: the source's, else
 @app.command("convert")
 def convert_cmd(
     source: str = typer.Argument(
-        ..., help="Checkpoint directory or hub id: RoBERTa, BERT, XLM-RoBERTa, CamemBERT, LSG or longattn."
+        ...,
+        help="Checkpoint directory or hub id: RoBERTa, BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA, ALBERT, LSG or longattn.",
     ),
     max_length: int = typer.Option(
         4096, "--max-length", help="New longest input in tokens; must exceed the source's."

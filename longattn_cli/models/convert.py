@@ -1,5 +1,5 @@
-"""``longattn convert``: turn a short encoder (RoBERTa, BERT, XLM-RoBERTa, CamemBERT, or an LSG / longattn model)
-into a long one with LSG (or any registered) attention.
+"""``longattn convert``: turn a short encoder (RoBERTa, BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA, ALBERT,
+or an LSG / longattn model) into a long one with LSG (or any registered) attention.
 
 The rules are the published LSG converter's (ccdv-ai/convert_checkpoint_to_lsg):
 
@@ -49,7 +49,8 @@ def convert(
     """Convert ``source`` into a model taking ``max_length`` tokens and save it to ``out``.
 
     Args:
-        source: checkpoint directory or hub id (RoBERTa, BERT, XLM-RoBERTa, CamemBERT, LSG or longattn).
+        source: checkpoint directory or hub id (RoBERTa, BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA,
+            ALBERT, LSG or longattn).
         max_length: the new longest input, in tokens (special tokens included).
         out: output directory; defaults to ``<source name>-<max_length>``.
         attention: a registered mechanism (``lsg``, ``softmax``, ...).
