@@ -344,7 +344,9 @@ def _distilbert_config(src: dict[str, Any]) -> dict[str, Any]:
         "attention_dropout": "attention_probs_dropout_prob",
     }
     bert_like = {names.get(k, k): v for k, v in src.items()}
-    return common_config(bert_like, position_offset=0, type_vocab_size=1, layer_norm_eps=1e-12)
+    return common_config(
+        bert_like, position_offset=0, type_vocab_size=1, layer_norm_eps=1e-12, **lsg_attention(src)
+    )
 
 
 def _distilbert_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
@@ -352,6 +354,7 @@ def _distilbert_keys(cfg: dict[str, Any], keys: list[str]) -> dict[str, str]:
         "distilbert.embeddings.word_embeddings.weight": "longattn.embeddings.word_embeddings.weight",
         "distilbert.embeddings.position_embeddings.weight": "longattn.embeddings.position_embeddings.weight",
         "distilbert.embeddings.token_type_embeddings.weight": "longattn.embeddings.token_type_embeddings.weight",
+        "distilbert.embeddings.global_embeddings.weight": "longattn.embeddings.global_embeddings.weight",
     }
     pairs = {
         "attention.q_lin": "query",
