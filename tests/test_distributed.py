@@ -109,3 +109,70 @@ def test_resuming_with_another_number_of_processes_fails_fast(tmp_path):
             ]
         )
     assert exc.value.code == 2
+
+
+def _finetune_data(d: Path) -> dict[str, Path]:
+    """Variable-length single-label splits (text with a keyword or not) from CPython's docs."""
+    texts = [t[: 40 + 7 * (i % 23)] for i, t in enumerate(python_docs_text()[:200])]
+    files = {}
+    for split, part in (("train", texts[:120]), ("validation", texts[120:160]), ("test", texts[160:])):
+        rows = [{"text": t, "label": "code" if "class" in t or "return" in t else "prose"} for t in part]
+        files[split] = d / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_their_shares_with_one_process_results(tmp_path, bpe_dir):
+    """Fine-tuning in two processes (batch 4 each) and in one (batch 4, two accumulated micro-batches: the same
+    examples and, without dropout, bit-identical gradients): the same evaluations, best step, results.json and
+    predictions.jsonl, though each process evaluated only its share of the batches."""
+    from longattn_cli.testing import tiny_reference
+    from longattn_cli.training.config import load_recipe, parse_overrides
+    from longattn_cli.training.finetune import run
+
+    source = tmp_path / "roberta"
+    tiny_reference("roberta", source, tokenizer_dir=bpe_dir)
+    files = _finetune_data(tmp_path)
+    common = [
+        f"model.source={source}",
+        "model.dropout=0",
+        f"data.source={files['train']}",
+        f"data.validation={files['validation']}",
+        f"data.test={files['test']}",
+        "data.max_length=64",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "training.batch_size=4",
+        "training.learning_rate=1e-3",
+        "training.max_steps=6",
+        "training.eval_every=2",
+    ]
+    two = tmp_path / "two"
+    argv = [*LAUNCH[:-1], "finetune", *common, f"training.output_dir={two}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = tmp_path / "one"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        over = [*common, f"training.output_dir={one}", "training.gradient_accumulation_steps=2"]
+        assert run(load_recipe("finetune", None, parse_overrides(over))) == 0
+    finally:
+        torch.set_num_threads(before)
+
+    def evals(out):
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in x.items() if k.startswith("eval_") or k == "step"}
+            for x in lines
+            if "eval_loss" in x
+        ]
+
+    assert evals(two) == evals(one) and len(evals(one)) == 3
+    assert (two / "results.json").read_text() == (one / "results.json").read_text()
+    assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+    best = [
+        json.loads((out / "summary.json").read_text())["results"].get("best accuracy") for out in (one, two)
+    ]
+    assert best[0] is not None and best[0] == best[1]  # "0.xxxx (step N)"

@@ -337,6 +337,9 @@ class TrainingConfig:
     epochs: float = _doc("passes over the training data when max_steps is null", 1.0)
     batch_size: int = _doc("examples per process per micro-batch", 1)
     gradient_accumulation_steps: int = _doc("micro-batches per optimizer step", 1)
+    group_by_length: bool | None = _doc(
+        "batch examples of similar length together (less padding); null = on when lengths vary", None
+    )
     learning_rate: float = _doc("peak learning rate (AdamW)", 2e-3)
     weight_decay: float = _doc("AdamW weight decay (not applied to biases and LayerNorms)", 0.01)
     warmup_steps: int = _doc("linear warm-up steps", 20)

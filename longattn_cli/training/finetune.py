@@ -20,6 +20,7 @@ from longattn_cli.training import data as D
 from longattn_cli.training import labels as L
 from longattn_cli.training import metrics as M
 from longattn_cli.training.pretrain import apply_freezing, check_fit
+from longattn_cli.training.sampling import sharded
 from longattn_cli.training.train import Job
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -192,31 +193,46 @@ def _collator(tokenizer, task: str):
 
 
 @torch.no_grad()
-def predict(model, ds, collate, batch_size: int) -> tuple[list[torch.Tensor], float | None]:
-    """Logits per example (trimmed to its length for token tasks) and the mean loss when labels are present."""
+def predict(model, ds, collate, batch_size: int) -> list[torch.Tensor]:
+    """Logits per example, in ``ds`` order (trimmed to its length for token tasks).
+
+    Examples are batched longest first (a batch pads to its longest example, so sorting wastes no compute
+    on padding), and under several processes each computes every ``world``-th batch
+    (:func:`~longattn_cli.training.sampling.sharded`); every process returns all the logits, in the original
+    order. The batches are the same whatever the number of processes, so the logits are too.
+    """
     device = next(model.parameters()).device
-    rows = [ds[i] for i in range(len(ds))]
-    out, losses = [], []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chunk).items()}
-        result = model(**batch)
-        if result.loss is not None:
-            losses.append(result.loss.item() * len(chunk))
-        for j, ex in enumerate(chunk):
-            logits = result.logits[j].float().cpu()
-            out.append(logits[: len(ex["input_ids"])] if logits.dim() == 2 else logits)
-    return out, (sum(losses) / len(rows) if losses else None)
+    lengths = [len(x) for x in ds["input_ids"]]
+    order = sorted(range(len(ds)), key=lambda i: -lengths[i])  # stable: equal lengths keep their order
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def run(indices: list[int]) -> list[torch.Tensor]:
+        rows = [{k: v for k, v in ds[i].items() if k != "labels"} for i in indices]
+        logits = model(**{k: v.to(device) for k, v in collate(rows).items()}).logits.float().cpu()
+        return [x[: lengths[i]] if x.dim() == 2 else x for x, i in zip(logits, indices, strict=True)]
+
+    out: list[torch.Tensor | None] = [None] * len(ds)
+    for indices, logits in zip(batches, sharded(run, batches), strict=True):
+        for i, x in zip(indices, logits, strict=True):
+            out[i] = x
+    return out
+
+
+def _gold(labels: L.Labels, ds) -> torch.Tensor:
+    if labels.problem_type == "token_classification":
+        return torch.tensor([t for ex in ds["labels"] for t in ex])
+    return torch.tensor(ds["labels"])
+
+
+def _stacked(labels: L.Labels, logits: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(logits) if labels.problem_type == "token_classification" else torch.stack(logits)
 
 
 def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
-    if labels.problem_type == "token_classification":
-        flat = torch.cat(logits)
-        gold = torch.tensor([t for ex in ds["labels"] for t in ex])
-    else:
-        flat = torch.stack(logits)
-        gold = torch.tensor(ds["labels"])
-    return M.compute(labels.problem_type, flat, gold)
+    """The loss (the heads' own: cross-entropy over examples or labelled tokens, MSE, or binary
+    cross-entropy) and the problem type's metrics, from the logits of every example."""
+    flat, gold = _stacked(labels, logits), _gold(labels, ds)
+    return {"loss": M.loss(labels.problem_type, flat, gold), **M.compute(labels.problem_type, flat, gold)}
 
 
 def build(recipe, accelerator) -> Job:
@@ -277,12 +293,15 @@ def build(recipe, accelerator) -> Job:
     if val is not None and "labels" in val.column_names:
 
         def evaluate(net) -> dict[str, float]:
-            logits, loss = predict(net, val, collate, 2 * t.batch_size)
-            return {"loss": loss, **score(labels, logits, val)}
+            return score(labels, predict(net, val, collate, 2 * t.batch_size), val)
 
     fingerprint = D._sha(
         prints, labels.names, labels.problem_type, d.max_length, d.text_column, d.text_pair_column
     )
+    lengths = [len(x) for x in encoded["train"]["input_ids"]]
+    group = t.group_by_length if t.group_by_length is not None else len(set(lengths)) > 1
+    if group:
+        notes.append("training batches grouped by length (training.group_by_length)")
     return Job(
         model=model,
         objective=ClassificationObjective(model),
@@ -296,6 +315,7 @@ def build(recipe, accelerator) -> Job:
         greater_is_better=higher,
         finish=lambda net: _finish(net, encoded, splits, labels, collate, t, m.task, d.text_column),
         notes=notes,
+        lengths=lengths if group else None,
     )
 
 
@@ -305,8 +325,19 @@ def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_c
     if name is None:
         return {}
     ds = encoded[name]
-    logits, loss = predict(model, ds, collate, 2 * t.batch_size)
+    logits = predict(model, ds, collate, 2 * t.batch_size)  # every process its share; the main one writes
     out = Path(t.output_dir)
+    rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
+    results = None
+    if "labels" in ds.column_names:
+        results = {"split": name, **score(labels, logits, ds)}
+        if labels.problem_type == "single_label_classification":
+            results["majority_accuracy"] = L.majority_share(ds["labels"])
+        rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return rows
     with (out / "predictions.jsonl").open("w") as f:
         for i, (row, scores) in enumerate(zip(ds, logits, strict=True)):
             if task == "token-classification":  # words cut off by max_length get None
@@ -320,13 +351,8 @@ def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_c
             if labels.column in raw[name].column_names:
                 item["label"] = raw[name][i][labels.column]
             f.write(json.dumps(item) + "\n")
-    rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
-    if "labels" in ds.column_names:
-        results = {"split": name, "loss": loss, **score(labels, logits, ds)}
-        if labels.problem_type == "single_label_classification":
-            results["majority_accuracy"] = L.majority_share(ds["labels"])
+    if results is not None:
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
     return rows
 
 

@@ -41,6 +41,18 @@ def compute(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> di
     return {"accuracy": (pred == gold).double().mean().item(), "f1": macro_f1(pred, gold)}
 
 
+def loss(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The heads' training loss over a whole evaluation set: cross-entropy (mean over examples, or over the
+    labelled tokens), MSE for regression, binary cross-entropy (mean over labels) for multi-label."""
+    import torch.nn.functional as F
+
+    if problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).double(), labels.double()).item()
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
+    return F.cross_entropy(logits.double(), labels.long(), ignore_index=-100).item()
+
+
 BEST = {
     "single_label_classification": ("accuracy", True),
     "multi_label_classification": ("f1", True),

@@ -15,6 +15,7 @@ from torch import nn
 
 from longattn_cli.errors import UserError
 from longattn_cli.training import data as D
+from longattn_cli.training.sampling import sharded
 from longattn_cli.training.train import Job
 
 
@@ -240,11 +241,14 @@ def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
 
     @torch.no_grad()
     def evaluate(model) -> dict[str, Any]:
+        """Every process its share of the batches (the same batches and masks whatever their number)."""
         objective, device = MaskedLMObjective(model), next(model.parameters()).device
-        losses = []
-        for i in range(0, len(rows), batch_size):
+
+        def batch_loss(i: int) -> float:
             batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], (1 << 40) + i).items()}
-            losses.append(objective(**batch).item())
+            return objective(**batch).item()
+
+        losses = sharded(batch_loss, list(range(0, len(rows), batch_size)))
         loss = sum(losses) / len(losses)
         return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
 

@@ -78,13 +78,23 @@ class Reporter:
                 self.tensorboard.close()
 
     def step(
-        self, step: int, loss: float, lr: float, tokens: int, grad_norm: float | None, epoch: float
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        tokens: int,
+        grad_norm: float | None,
+        epoch: float,
+        padding: float | None = None,
     ) -> None:
-        """Record one optimizer step (``tokens``: all processes' tokens in it)."""
+        """Record one optimizer step (``tokens``: all processes' real tokens in it; ``padding``: the share of
+        its token slots that were padding)."""
         self.tokens += tokens
         elapsed = time.perf_counter() - self.began
         tps = self.tokens / max(elapsed, 1e-9)
         self.last = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tps, "epoch": epoch}
+        if padding is not None:
+            self.last["padding"] = round(padding, 4)
         if not self.active:
             return
         self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tps:,.0f}")

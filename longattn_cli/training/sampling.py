@@ -16,14 +16,16 @@ from longattn_cli.errors import UserError
 
 
 class Order:
-    """Which examples form micro-batch ``(step, micro)`` on process ``rank``: a seeded permutation per epoch.
+    """Which examples form micro-batch ``(step, micro)`` on process ``rank``: a seeded permutation per epoch,
+    with ``lengths`` grouped so that each step's examples have similar lengths (:func:`length_grouped`).
 
     One step takes ``batch × world × accumulation`` examples; an epoch is the whole steps that fit (a
     remainder smaller than one step is left for the next epoch's shuffle).
     """
 
-    def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int):
+    def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int, lengths=None):
         self.n, self.batch, self.world, self.rank = n, batch, world, rank
+        self.lengths = lengths  # per example: group similar lengths into steps (see length_grouped)
         self.accumulation, self.seed = accumulation, seed
         self.per_step = batch * world * accumulation
         self.steps_per_epoch = n // self.per_step
@@ -43,7 +45,10 @@ class Order:
         epoch, within = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None:
+                perm = length_grouped(perm, self.lengths, self.per_step, self.seed * 7919 + epoch + 1)
+            self._epoch, self._perm = epoch, perm
         start = within * self.per_step + (micro * self.world + self.rank) * self.batch
         return self._perm[start : start + self.batch]
 
@@ -80,3 +85,43 @@ class StreamOrder:
 
     def key(self, step: int, micro: int) -> int:
         return (step * self.accumulation + micro) * self.world + self.rank
+
+
+def length_grouped(perm: list[int], lengths, per_step: int, seed: int, group: int = 32) -> list[int]:
+    """``perm`` reordered so that each step's ``per_step`` examples have similar lengths.
+
+    Consecutive runs of ``group`` steps' worth of examples are sorted by length (longest first, ties in
+    ``perm`` order), cut into steps, and the steps of a run put in a seeded random order: a batch pads to
+    its own longest example, so grouping similar lengths removes most padding while the epoch stays a
+    random draw. A pure function of its arguments: resuming at any step needs no state.
+    """
+    out: list[int] = []
+    size = per_step * group
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, len(perm), size):
+        run = sorted(perm[start : start + size], key=lambda i: -lengths[i])  # stable: ties keep perm order
+        steps = [run[i : i + per_step] for i in range(0, len(run), per_step)]
+        whole = [s for s in steps if len(s) == per_step]  # a short tail stays last (the epoch drops it)
+        for j in torch.randperm(len(whole), generator=g).tolist():
+            out.extend(whole[j])
+        out.extend(x for s in steps if len(s) < per_step for x in s)
+    return out
+
+
+def sharded(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, each process computing every ``world``-th item (round robin) and every
+    process receiving all results, in item order. One process: a plain loop. ``fn``'s results travel by
+    pickling (``accelerate.utils.gather_object``): keep them small and on the CPU."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    rank, world = state.process_index, state.num_processes
+    mine = [(i, fn(items[i])) for i in range(rank, len(items), world)]
+    if world == 1:
+        return [r for _, r in mine]
+    from accelerate.utils import gather_object
+
+    results: list = [None] * len(items)
+    for i, r in gather_object(mine):
+        results[i] = r
+    return results

@@ -43,9 +43,13 @@ class Job:
         collate: ``(examples, batch_key) -> batch of tensors``; ``batch_key`` is unique per micro-batch.
         tokens: number of real tokens in a batch (for tokens/s).
         fingerprint: ``{"tokenizer": hash, "data": fingerprint}``, recorded in checkpoints.
-        evaluate: ``model -> metrics``, run on the main process; ``None`` when there is no validation data.
+        evaluate: ``model -> metrics``, run on every process (each evaluates its share, see
+            :func:`~longattn_cli.training.sampling.sharded`; all return the same metrics); ``None`` when there
+            is no validation data.
         metric_for_best: which metric picks the best checkpoint; ``greater_is_better`` says which way.
-        finish: ``model -> summary rows`` after training (e.g. writes predictions), main process only.
+        finish: ``model -> summary rows`` after training (e.g. writes predictions), run on every process;
+            only the main process writes files.
+        lengths: tokens per training example, to batch similar lengths together (``None``: no grouping).
         stream_length: examples per epoch of a streamed dataset.
     """
 
@@ -61,6 +65,7 @@ class Job:
     greater_is_better: bool = False
     finish: Callable[[Any], dict[str, Any]] | None = None
     stream_length: int | None = None
+    lengths: list[int] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -186,6 +191,7 @@ class _Run:
                 self.rank,
                 cfg.gradient_accumulation_steps,
                 cfg.seed,
+                job.lengths,
             )
             self.steps_per_epoch = order.steps_per_epoch
         else:
@@ -276,16 +282,9 @@ class _Run:
                 report.note(note)
             self.objective.train()
             while state["step"] < self.total:
-                loss, lr, tokens, grad_norm, stopping = self._step(stop)
+                loss, lr, tokens, grad_norm, stopping, padding = self._step(stop)
                 step = state["step"]
-                report.step(
-                    step,
-                    loss,
-                    lr,
-                    tokens,
-                    grad_norm,
-                    step / self.steps_per_epoch,
-                )
+                report.step(step, loss, lr, tokens, grad_norm, step / self.steps_per_epoch, padding)
                 if on_step:
                     on_step(step, job.model)
                 if job.evaluate and _due(step, cfg.eval_every, self.steps_per_epoch, self.total):
@@ -318,11 +317,12 @@ class _Run:
         )
         return 0
 
-    def _step(self, stop: Stop) -> tuple[float, float, int, float | None, bool]:
-        """One optimizer step over the accumulated micro-batches: (mean loss, its lr, tokens, grad norm, stop?)."""
+    def _step(self, stop: Stop) -> tuple[float, float, int, float | None, bool, float]:
+        """One optimizer step over the accumulated micro-batches: (mean loss, its lr, tokens, grad norm, stop?,
+        share of the token slots that were padding)."""
         cfg, job, accelerator = self.cfg, self.job, self.accelerator
         step, accumulation = self.state["step"], cfg.gradient_accumulation_steps
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, slots = 0.0, 0, 0
         for micro in range(accumulation):
             examples = self.order.examples(job.train, step, micro)
             batch = {
@@ -337,14 +337,15 @@ class _Run:
                 accelerator.backward(loss / accumulation)
             loss_sum += loss.item()
             tokens += job.tokens(batch)
+            slots += batch["input_ids"].numel() if "input_ids" in batch else 0
         grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
         # One all-reduce carries the loss, the token count and whether any process was signalled to stop.
         stats = torch.tensor(
-            [loss_sum / accumulation, tokens, float(stop.signal is not None)],
+            [loss_sum / accumulation, tokens, float(stop.signal is not None), slots],
             device=accelerator.device,
             dtype=torch.float64,
         )
-        loss, tokens, stopping = accelerator.reduce(stats, "sum").tolist()
+        loss, tokens, stopping, slots = accelerator.reduce(stats, "sum").tolist()
         loss /= self.world
         if not math.isfinite(loss):
             kept = (
@@ -362,7 +363,8 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] = step + 1
         self.state["tokens"] += int(tokens)
-        return loss, lr, int(tokens), None if grad_norm is None else float(grad_norm), stopping > 0
+        padding = 1 - tokens / slots if slots else 0.0
+        return loss, lr, int(tokens), None if grad_norm is None else float(grad_norm), stopping > 0, padding
 
     def _save(self) -> Path:
         """A checkpoint of the current step; every process hands its random state to the main one."""
@@ -394,26 +396,25 @@ def _due(step: int, every: int | None, steps_per_epoch: int, total: int) -> bool
 
 
 def _evaluate(job: Job, accelerator, objective, state, out: Path, report: Reporter, step: int) -> None:
-    """Evaluate on the main process; keep the best model (by ``job.metric_for_best``) in ``OUTPUT/best``."""
+    """Evaluate on every process (each its share); keep the best model (by ``job.metric_for_best``) in
+    ``OUTPUT/best``, written by the main process."""
+    model = accelerator.unwrap_model(objective).model
+    model.eval()
+    metrics = job.evaluate(model)
+    model.train()
+    value = metrics.get(job.metric_for_best)
+    if value is None:
+        raise UserError(
+            f"training.metric_for_best={job.metric_for_best!r} is not an evaluation metric; valid: {', '.join(metrics)}"
+        )
+    best = state["best_metric"]
+    improved = best is None or (value > best if job.greater_is_better else value < best)
+    if improved:  # every process has the same metrics, so the same choice
+        state["best_metric"], state["best_step"] = value, step
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(objective).model
-        model.eval()
-        metrics = job.evaluate(model)
-        model.train()
         report.eval(step, metrics)
-        value = metrics.get(job.metric_for_best)
-        if value is None:
-            raise UserError(
-                f"training.metric_for_best={job.metric_for_best!r} is not an evaluation metric; valid: {', '.join(metrics)}"
-            )
-        best = state["best_metric"]
-        if best is None or (value > best if job.greater_is_better else value < best):
-            state["best_metric"], state["best_step"] = value, step
+        if improved:
             _save_model(model, job.tokenizer, out / "best")
-    flags = [state["best_metric"], state["best_step"]]
-    from accelerate.utils import broadcast_object_list
-
-    state["best_metric"], state["best_step"] = broadcast_object_list(flags)
     accelerator.wait_for_everyone()
 
 
@@ -432,20 +433,21 @@ def _save_model(model, tokenizer, directory: Path) -> None:
 
 
 def _finish(job: Job, accelerator, objective, state, out: Path) -> dict[str, Any]:
-    """Write the final (or best) model into the output directory itself, then the job's own closing work."""
+    """Write the final (or best) model into the output directory itself, then the job's own closing work
+    (on every process: its predictions are sharded too)."""
     rows: dict[str, Any] = {}
+    model = accelerator.unwrap_model(objective).model
+    if state["best_step"] is not None and (out / "best").is_dir():
+        trainstate.load_weights(model, out / "best")
+        rows[f"best {job.metric_for_best}"] = f"{state['best_metric']:.4f} (step {state['best_step']})"
+    model.eval()
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(objective).model
-        if state["best_step"] is not None and (out / "best").is_dir():
-            trainstate.load_weights(model, out / "best")
-            rows[f"best {job.metric_for_best}"] = f"{state['best_metric']:.4f} (step {state['best_step']})"
-        model.eval()
         _save_model(model, job.tokenizer, out / "model.tmp")
         for f in (out / "model.tmp").iterdir():
             f.replace(out / f.name)
         (out / "model.tmp").rmdir()
-        if job.finish:
-            rows.update(job.finish(model))
+    if job.finish:
+        rows.update(job.finish(model))
     accelerator.wait_for_everyone()
     return rows
 
