@@ -66,3 +66,53 @@ def test_finetuning_groups_by_length_and_writes_predictions_in_order(tmp_path, r
         assert [p["index"] for p in preds] == list(range(len(gold)))
         assert [p["label"] for p in preds] == gold  # evaluation sorted by length, outputs in the file's order
     assert rows["true"] < 0.5 * rows["false"], rows
+
+
+def test_auto_batch_size_splits_on_out_of_memory_and_trains_as_the_smaller_batch(
+    tmp_path,
+    roberta_dir,  # noqa: F811
+    datasets_dir,  # noqa: F811
+    monkeypatch,
+):
+    """A forced out-of-memory error on micro-batches of more than 2 examples (raised after the forward ran, so
+    that it has drawn its dropout): the run goes on with 2 x 2 accumulated and ends with the weights of a run
+    configured so from the start; a resume keeps the split."""
+    from safetensors.torch import load_file
+
+    from longattn_cli.training import finetune
+
+    real = finetune.ClassificationObjective.forward
+
+    def forward(self, **batch):
+        out = real(self, **batch)
+        if batch["input_ids"].shape[0] > 2:
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+            )
+        return out
+
+    base = ["training.max_steps=6", "training.save_every=3", "model.dropout=0.1"]
+    split = tmp_path / "split"
+    assert run(recipe(split, roberta_dir, datasets_dir, "single", *base, "training.batch_size=2",
+                      "training.gradient_accumulation_steps=2")) == 0  # fmt: skip
+    monkeypatch.setattr(finetune.ClassificationObjective, "forward", forward)
+    auto = tmp_path / "auto"
+    over = [*base, "training.batch_size=4", "training.auto_batch_size=true"]
+    assert run(recipe(auto, roberta_dir, datasets_dir, "single", *over)) == 0
+    want = load_file(str(split / "model.safetensors"))
+    got = load_file(str(auto / "model.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    state = json.loads((auto / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state["micro_batch"] == [2, 2]
+    # Resumed from step 3: the split holds from the start (no second out-of-memory needed), same weights.
+    again = tmp_path / "again"
+    (again / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(auto / "checkpoints" / "step-0000003", again / "checkpoints" / "step-0000003")
+    assert run(recipe(again, roberta_dir, datasets_dir, "single", *over, "training.resume=latest")) == 0
+    got = load_file(str(again / "model.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # Without the key, the same error stops the run (as a plain error, not a retry).
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        run(recipe(tmp_path / "plain", roberta_dir, datasets_dir, "single", *base, "training.batch_size=4"))

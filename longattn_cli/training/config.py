@@ -337,6 +337,10 @@ class TrainingConfig:
     epochs: float = _doc("passes over the training data when max_steps is null", 1.0)
     batch_size: int = _doc("examples per process per micro-batch", 1)
     gradient_accumulation_steps: int = _doc("micro-batches per optimizer step", 1)
+    auto_batch_size: bool = _doc(
+        "on out-of-memory, halve the micro-batch and double accumulation (same effective batch) and retry",
+        False,
+    )
     group_by_length: bool | None = _doc(
         "batch examples of similar length together (less padding); null = on when lengths vary", None
     )

@@ -183,16 +183,9 @@ class _Run:
         self.out = Path(cfg.output_dir)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         micro = cfg.batch_size * self.world * cfg.gradient_accumulation_steps
+        self.batch, self.accumulation = cfg.batch_size, cfg.gradient_accumulation_steps
         if job.stream_length is None:
-            order = Order(
-                len(job.train),
-                cfg.batch_size,
-                self.world,
-                self.rank,
-                cfg.gradient_accumulation_steps,
-                cfg.seed,
-                job.lengths,
-            )
+            order = self._order()
             self.steps_per_epoch = order.steps_per_epoch
         else:
             self.steps_per_epoch = max(1, job.stream_length // micro)
@@ -210,9 +203,18 @@ class _Run:
             "best_metric": None,
             "best_step": None,
             "extensions": [],  # every resume that moved the end of the run: {"at_step", "total_steps", "changed"}
+            "micro_batch": None,  # [batch, accumulation] once training.auto_batch_size has split the batches
         }
         self.resumed_from = None
+        if cfg.auto_batch_size and (self.world > 1 or job.stream_length is not None):
+            raise UserError(
+                "training.auto_batch_size runs in one process on a map-style dataset; with several processes "
+                "or a streamed corpus set training.batch_size and gradient_accumulation_steps yourself"
+            )
         rng = self._restore(resume, optimizer) if resume else None
+        if self.state["micro_batch"]:  # the split an earlier out-of-memory forced, kept across resumes
+            self.batch, self.accumulation = self.state["micro_batch"]
+            order = self._order()
         self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
         if job.stream_length is not None:
             order = StreamOrder(
@@ -233,6 +235,18 @@ class _Run:
             )  # dropout differs across processes, as it should
         self.params = [p for p in job.model.parameters() if p.requires_grad]
         self.last_checkpoint = (trainstate.list_checkpoints(self.out / "checkpoints")[-1:] or [None])[0]
+
+    def _order(self) -> Order:
+        c = self.cfg
+        return Order(
+            len(self.job.train),
+            self.batch,
+            self.world,
+            self.rank,
+            self.accumulation,
+            c.seed,
+            self.job.lengths,
+        )
 
     def _restore(self, resume: tuple[Path, dict[str, Any]], optimizer) -> dict[str, Any]:
         """Weights, optimizer, schedule and step from a checkpoint; returns this process's random state."""
@@ -318,10 +332,40 @@ class _Run:
         return 0
 
     def _step(self, stop: Stop) -> tuple[float, float, int, float | None, bool, float]:
+        """One optimizer step; with ``training.auto_batch_size`` an out-of-memory error splits the micro-batches
+        (half the examples, twice as many: the same examples per step) and retries the step from the same
+        random state, so the run continues as one configured with the smaller batch from the start would."""
+        if not self.cfg.auto_batch_size:
+            return self._one_step(stop)
+        rng = trainstate.rng_state()
+        while True:
+            try:
+                return self._one_step(stop)
+            except RuntimeError as exc:
+                if not _out_of_memory(exc) or self.batch == 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                del exc
+                _free_memory()
+                factor = next(f for f in range(2, self.batch + 1) if self.batch % f == 0)
+                was = self.batch
+                self.batch, self.accumulation = self.batch // factor, self.accumulation * factor
+                self.state["micro_batch"] = [self.batch, self.accumulation]
+                self.order = self._order()
+                trainstate.set_rng_state(rng)
+                if self.accelerator.is_main_process:
+                    from rich.console import Console
+
+                    Console(stderr=True).print(
+                        f"out of memory at step {self.state['step'] + 1} with micro-batches of {was}: "
+                        f"retrying with {self.batch} x {self.accumulation} accumulated (training.auto_batch_size)"
+                    )
+
+    def _one_step(self, stop: Stop) -> tuple[float, float, int, float | None, bool, float]:
         """One optimizer step over the accumulated micro-batches: (mean loss, its lr, tokens, grad norm, stop?,
         share of the token slots that were padding)."""
         cfg, job, accelerator = self.cfg, self.job, self.accelerator
-        step, accumulation = self.state["step"], cfg.gradient_accumulation_steps
+        step, accumulation = self.state["step"], self.accumulation
         loss_sum, tokens, slots = 0.0, 0, 0
         for micro in range(accumulation):
             examples = self.order.examples(job.train, step, micro)
@@ -387,6 +431,22 @@ class _Run:
             )
         self.accelerator.wait_for_everyone()
         return where
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator's failure."""
+    text = str(exc)
+    return (
+        isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+    )
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _due(step: int, every: int | None, steps_per_epoch: int, total: int) -> bool:
