@@ -176,3 +176,77 @@ def test_two_processes_evaluate_their_shares_with_one_process_results(tmp_path, 
         json.loads((out / "summary.json").read_text())["results"].get("best accuracy") for out in (one, two)
     ]
     assert best[0] is not None and best[0] == best[1]  # "0.xxxx (step N)"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_machines(out, corpus, cache, *extra):
+    """Two "machines" on this one, one process each, over the loopback address: what a two-node launch runs
+    (``--num_machines 2 --machine_rank 0|1 --main_process_ip``), with the output directory on storage both
+    see (as a cluster's shared filesystem)."""
+    port = str(_free_port())
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    procs = []
+    for rank in (0, 1):
+        argv = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", "longattn_cli", "pretrain", *TINY, f"data.source={corpus}", f"data.cache_dir={cache}",
+            f"training.output_dir={out}", "training.max_steps=6", "training.save_every=3", *extra,
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+            )
+        )
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        results.append((p.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.slow
+def test_two_machines_over_loopback_train_write_once_and_resume_bit_exactly(tmp_path):
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    full = tmp_path / "full"
+    runs = launch_two_machines(full, corpus, tmp_path / "cache")
+    for code, _, err in runs:
+        assert code == 0, err[-2000:]
+    summaries = [out.count("run summary") for _, out, _ in runs]
+    assert summaries == [1, 0]  # the main process of machine 0 reports; machine 1 writes nothing
+    assert re.search(r"processes\s+│\s+2\s", runs[0][1])
+    lines = (full / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]  # one writer
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-0000003", resumed / "checkpoints" / "step-0000003")
+    for code, _, err in launch_two_machines(resumed, corpus, tmp_path / "cache", "training.resume=latest"):
+        assert code == 0, err[-2000:]
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    ("flag", "kind"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
+)
+def test_sharded_launch_on_cpu_is_one_clear_line(flag, kind, monkeypatch):
+    """`accelerate launch --use_fsdp` (or DeepSpeed) sets these; on a machine without GPUs accelerate would run
+    every process alone, so the run stops before it starts."""
+    from longattn_cli.errors import UserError
+    from longattn_cli.training.train import make_accelerator
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for CPU-only machines")
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(UserError, match=f"{kind} needs GPUs.*--multi_gpu"):
+        make_accelerator("no")

@@ -103,6 +103,15 @@ def make_accelerator(precision: str):
         precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or (
             "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         )
+    sharded = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    for kind, flag in sharded.items():
+        if os.environ.get(flag, "").lower() in ("1", "true") and not torch.cuda.is_available():
+            # accelerate shards only on accelerators: on the CPU it sets up no group for --use_fsdp (every
+            # process would train alone, each thinking it is rank 0) and drops the plugin with cpu=True.
+            raise UserError(
+                f"{kind} needs GPUs: accelerate runs it on CUDA devices only, and on this CPU-only machine every "
+                "process would train alone; launch data parallel with --multi_gpu instead"
+            )
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
     # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
