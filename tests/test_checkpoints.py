@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import save_perturbed
 from torch.testing import assert_close
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -182,8 +183,6 @@ def test_missing_path_and_offline_hub_id_are_user_errors(tmp_path, monkeypatch):
 @pytest.mark.parametrize("head", ["ForMaskedLM", "Model"])
 def test_distilbert_matches_reference_with_padding(head, tmp_path, wordpiece_dir, capsys):
     """DistilBERT (its own key names, no token types): logits or hidden states equal transformers' own."""
-    import shutil
-
     import transformers
     from transformers import AutoTokenizer, DistilBertConfig
 
@@ -192,14 +191,7 @@ def test_distilbert_matches_reference_with_padding(head, tmp_path, wordpiece_dir
                               max_position_embeddings=128, pad_token_id=tok.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
     ref = getattr(transformers, f"DistilBert{head}")(config).eval()
-    with torch.no_grad():  # random LayerNorm and bias values, so a wrongly mapped key cannot hide
-        for p in ref.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    ref.save_pretrained(tmp_path)
-    for f in wordpiece_dir.iterdir():
-        if f.is_file() and f.name != "config.json":
-            shutil.copy(f, tmp_path / f.name)
+    save_perturbed(ref, tmp_path, wordpiece_dir)
     ours = load_model(str(tmp_path))
     assert isinstance(ours, LongAttnForMaskedLM if head == "ForMaskedLM" else LongAttnModel)
     enc = batch(wordpiece_dir)

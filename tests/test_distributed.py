@@ -41,6 +41,12 @@ LAUNCH = [
 TINY = [*TINY_PRETRAIN, "model.dropout=0.1"]
 
 
+def docs_corpus(tmp_path) -> Path:
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    return corpus
+
+
 def launch(out, corpus, cache, *extra):
     argv = [
         *LAUNCH,
@@ -58,8 +64,7 @@ def launch(out, corpus, cache, *extra):
 
 @pytest.mark.slow
 def test_two_processes_train_and_resume_bit_exactly(tmp_path):
-    corpus = tmp_path / "docs.txt"
-    corpus.write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    corpus = docs_corpus(tmp_path)
     full = tmp_path / "full"
     done = launch(full, corpus, tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -90,8 +95,7 @@ def test_two_processes_train_and_resume_bit_exactly(tmp_path):
 def test_resuming_with_another_number_of_processes_fails_fast(tmp_path):
     from longattn_cli.cli import main
 
-    corpus = tmp_path / "docs.txt"
-    corpus.write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    corpus = docs_corpus(tmp_path)
     out = tmp_path / "run"
     assert launch(out, corpus, tmp_path / "cache", "training.max_steps=3").returncode == 0
     with pytest.raises(SystemExit) as exc:
@@ -215,8 +219,7 @@ def launch_two_machines(out, corpus, cache, *extra):
 
 @pytest.mark.slow
 def test_two_machines_over_loopback_train_write_once_and_resume_bit_exactly(tmp_path):
-    corpus = tmp_path / "docs.txt"
-    corpus.write_text("\n\n".join(python_docs_text()[:300]) + "\n")
+    corpus = docs_corpus(tmp_path)
     full = tmp_path / "full"
     runs = launch_two_machines(full, corpus, tmp_path / "cache")
     for code, _, err in runs:

@@ -1,11 +1,10 @@
 """ELECTRA (discriminator and generator) and ALBERT (shared layers) sources: parity with transformers' own
 classes on tiny random checkpoints with padding (fp32, 1e-5), and ``longattn convert`` of each."""
 
-import shutil
-
 import pytest
 import torch
 import transformers
+from helpers import save_perturbed
 from test_checkpoints import batch, real
 from torch.testing import assert_close
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
@@ -29,14 +28,7 @@ def source(family: str, head: str, tok_dir, out, **over):
         )
     torch.manual_seed(0)
     ref = getattr(transformers, f"{family}{head}")(config).eval()
-    with torch.no_grad():  # random LayerNorm and bias values, so a wrongly mapped key cannot hide
-        for p in ref.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    ref.save_pretrained(out)
-    for f in tok_dir.iterdir():
-        if f.is_file() and f.name != "config.json":
-            shutil.copy(f, out / f.name)
+    save_perturbed(ref, out, tok_dir)
     return ref
 
 
