@@ -221,18 +221,32 @@ def launch_two_machines(out, corpus, cache, *extra):
 def test_two_machines_over_loopback_train_write_once_and_resume_bit_exactly(tmp_path):
     corpus = docs_corpus(tmp_path)
     full = tmp_path / "full"
-    runs = launch_two_machines(full, corpus, tmp_path / "cache")
+    # With validation: its loss is sharded across the machines' processes (and measured before training by
+    # the main process alone, as the job is built one process after the other).
+    runs = launch_two_machines(
+        full, corpus, tmp_path / "cache", "data.validation_split=0.1", "training.eval_every=3"
+    )
     for code, _, err in runs:
         assert code == 0, err[-2000:]
     summaries = [out.count("run summary") for _, out, _ in runs]
     assert summaries == [1, 0]  # the main process of machine 0 reports; machine 1 writes nothing
     assert re.search(r"processes\s+│\s+2\s", runs[0][1])
-    lines = (full / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]  # one writer
+    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]  # one writer
+    assert [x["step"] for x in lines if "eval_loss" in x] == [3, 6]
+    assert "validation loss" in runs[0][1]
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-0000003", resumed / "checkpoints" / "step-0000003")
-    for code, _, err in launch_two_machines(resumed, corpus, tmp_path / "cache", "training.resume=latest"):
+    again = launch_two_machines(
+        resumed,
+        corpus,
+        tmp_path / "cache",
+        "data.validation_split=0.1",
+        "training.eval_every=3",
+        "training.resume=latest",
+    )
+    for code, _, err in again:
         assert code == 0, err[-2000:]
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for k in a:

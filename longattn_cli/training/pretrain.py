@@ -240,15 +240,17 @@ def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
     )
 
     @torch.no_grad()
-    def evaluate(model) -> dict[str, Any]:
-        """Every process its share of the batches (the same batches and masks whatever their number)."""
+    def evaluate(model, local: bool = False) -> dict[str, Any]:
+        """Every process its share of the batches (the same batches and masks whatever their number);
+        ``local``: this process alone computes them all (no collective call)."""
         objective, device = MaskedLMObjective(model), next(model.parameters()).device
 
         def batch_loss(i: int) -> float:
             batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], (1 << 40) + i).items()}
             return objective(**batch).item()
 
-        losses = sharded(batch_loss, list(range(0, len(rows), batch_size)))
+        starts = list(range(0, len(rows), batch_size))
+        losses = [batch_loss(i) for i in starts] if local else sharded(batch_loss, starts)
         loss = sum(losses) / len(losses)
         return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
 
@@ -278,8 +280,12 @@ def unigram_loss(train_blocks, rows, tokenizer) -> float:
 def _closing_report(model, evaluate, valid_blocks, train_blocks, held_out, tokenizer, d):
     """The summary rows: validation loss before and after next to the unigram baseline, and fill-mask
     predictions on held-out sentences. The loss before training is measured now, on the fresh weights."""
+    from accelerate import PartialState
+
+    # The job is built under main_process_first (the main process alone, then the others), so no collective
+    # call here: the main process, the only one that reports, measures the fresh weights alone.
     model.eval()
-    before = evaluate(model)["loss"]
+    before = evaluate(model, local=True)["loss"] if PartialState().is_main_process else float("nan")
     model.train()
     baseline = unigram_loss(train_blocks, valid_blocks, tokenizer)
     samples = sample_sentences(held_out, tokenizer, d.text_column, train_blocks)

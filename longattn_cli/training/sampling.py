@@ -111,7 +111,8 @@ def length_grouped(perm: list[int], lengths, per_step: int, seed: int, group: in
 def sharded(fn, items: list) -> list:
     """``[fn(x) for x in items]``, each process computing every ``world``-th item (round robin) and every
     process receiving all results, in item order. One process: a plain loop. ``fn``'s results travel by
-    pickling (``accelerate.utils.gather_object``): keep them small and on the CPU."""
+    pickling (``accelerate.utils.gather_object``): keep them small and on the CPU. A collective call: every
+    process must make it (not inside ``main_process_first``, where the others wait at a barrier)."""
     from accelerate import PartialState
 
     state = PartialState()
