@@ -51,10 +51,8 @@ def main() -> None:
             )  # fmt: skip
             lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
             first, last = lines[0], lines[-1]
-            summary = json.loads((out / "summary.json").read_text())
-            rate = (summary["tokens"] * (len(lines) - 1) / len(lines)) / (
-                last["elapsed_s"] - first["elapsed_s"]
-            )
+            done = [x["tokens_per_s"] * x["elapsed_s"] for x in (first, last)]  # real tokens so far
+            rate = (done[1] - done[0]) / (last["elapsed_s"] - first["elapsed_s"])
             rows[group] = (rate, sum(x["padding"] for x in lines) / len(lines))
     print(f"\nListOps train lengths (words): p10 {q[0]}, median {q[1]}, p90 {q[2]}, p99 {q[3]}")
     print(f"{args.attention}, batch {args.batch_size}, {args.steps} steps (rate after step 1)")
