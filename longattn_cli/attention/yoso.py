@@ -482,26 +482,40 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     blocks, rows = b * h // heads, heads * n  # a chunk: one block of heads in one hash
 
     def by_chunk(codes):  # (B, H, N, hashes) → (blocks · hashes, heads · N), chunk = block · hashes + hash
-        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows).long()
+        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows)
 
-    def source(x, y):  # (blocks, rows + 1, 2D): x | y side by side per row, and a zero row last
-        s = q.new_empty(blocks, rows + 1, 2 * d)
-        s[:, :rows, :d], s[:, :rows, d:] = x.reshape(blocks, rows, d), y.reshape(blocks, rows, d)
-        s[:, rows].zero_()
-        return s
+    # One block's sources at a time (chunks come block by block): rows + 1 by 2D, x | y side by side per row
+    # and a zero row last, for q | g / nh (every sum below is then already a mean) and k | v.
+    src_qg, src_kv = q.new_empty(rows + 1, 2 * d), q.new_empty(rows + 1, 2 * d)
+    src_qg[rows], src_kv[rows] = 0, 0
 
-    src_qg, src_kv = source(q, g / nh), source(k, v)  # g / nh: every sum below is already a mean
+    def fill(blk: int) -> None:
+        for j in range(heads):
+            bi, hi = divmod(blk * heads + j, h)
+            at = slice(j * n, (j + 1) * n)
+            src_qg[at, :d], src_qg[at, d:], src_kv[at, :d], src_kv[at, d:] = (
+                q[bi, hi],
+                g[bi, hi],
+                k[bi, hi],
+                v[bi, hi],
+            )
+        src_qg[:rows, d:] /= nh
+
     out_q, out_k = (q.new_zeros(blocks, rows, d) for _ in range(2))
     scratch = _Scratch(q)
-    cq, ck = by_chunk(codes_q), by_chunk(codes_k)
+    cq, ck = by_chunk(codes_q), by_chunk(codes_k)  # int32: the layout widens one group at a time
     span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
     group = max(1, _LAYOUT_ROWS // rows)  # chunks laid out together: bounds the layout's index memory
+    filled = -1
     for c0 in range(0, blocks * nh, group):
         c1 = min(blocks * nh, c0 + group)
         for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], heads, n, d, span), start=c0):
             blk = c // nh
-            _accumulate(chunk, src_qg[blk], src_kv[blk], out_q[blk], out_k[blk], scratch, d)
-    del src_qg, src_kv, scratch
+            if blk != filled:
+                fill(blk)
+                filled = blk
+            _accumulate(chunk, src_qg, src_kv, out_q[blk], out_k[blk], scratch, d)
+    del scratch
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
     shape = (b, h, n, d)
