@@ -785,6 +785,11 @@ def export_roberta(model, out_dir: str | Path) -> None:
         raise UserError(
             f"only softmax models with RoBERTa positions export to RoBERTa (got attention={cfg.attention!r}, position_offset={cfg.position_offset})"
         )
+    if cfg.embedding_size or cfg.num_hidden_groups:
+        raise UserError(
+            f"a model with embedding_size={cfg.embedding_size} or num_hidden_groups={cfg.num_hidden_groups} "
+            "(ALBERT- or ELECTRA-style) has no RoBERTa form; save it with save_pretrained instead"
+        )
     fields = {k: getattr(cfg, k) for k in _COMMON_FIELDS if getattr(cfg, k, None) is not None}
     target = RobertaForMaskedLM(RobertaConfig(**fields))
     inverse = {ours: theirs for theirs, ours in _roberta_keys(target.config.to_dict(), []).items()}
