@@ -97,10 +97,11 @@ def test_convert_keeps_the_head_and_loads_through_auto_classes(
 
     src = tmp_path / "src"
     ref = source(family, head, wordpiece_dir, src)
-    code, _, err = run_cli(
-        ["convert", str(src), "--max-length", "256", "--out", str(tmp_path / "long")], capsys
+    code, out, err = run_cli(
+        ["convert", str(src), "--max-length", "256", "--out", str(tmp_path / "long"), "--check"], capsys
     )
     assert code == 0, err
+    assert "agreement" in out or "agreement" in err  # --check ran on the converted model
     long = auto.from_pretrained(tmp_path / "long").eval()
     assert long.config.attention == "lsg" and long.config.max_position_embeddings == 256
     if head == "ForPreTraining":

@@ -230,10 +230,14 @@ def check(source_model, model, tokenizer, max_length: int, device: str = "auto")
         if where is not None and where.any()
         else (a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
     )
+    if a.shape == short["input_ids"].shape:  # one logit per token (ELECTRA's discriminator): its sign
+        agreement = float(((a > 0) == (b > 0)).float().mean())
+    else:
+        agreement = float((pa.argmax(-1) == pb.argmax(-1)).float().mean())
     result = {
         "device": str(dev),
         "short_tokens": int(short["input_ids"].shape[1]),
-        "top1_agreement": float((pa.argmax(-1) == pb.argmax(-1)).float().mean()),
+        "top1_agreement": agreement,
         "max_logit_diff": float((a - b).abs().max()),
     }
     sentence = "The committee met again on Tuesday to discuss the budget, the schedule and the new members. "
