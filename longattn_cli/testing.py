@@ -94,8 +94,6 @@ def tiny_reference(
     Returns:
         The reference model, in eval mode.
     """
-    import shutil
-
     import torch
     import transformers
 
@@ -122,7 +120,17 @@ def tiny_reference(
     kw.update(overrides)
     torch.manual_seed(seed)
     model = model_cls(config_cls(**kw)).eval()
-    # Random LayerNorm and bias values so that a wrongly mapped key cannot hide behind ones and zeros.
+    save_perturbed(model, out_dir, tokenizer_dir)
+    return model
+
+
+def save_perturbed(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+    """Save a transformers ``model`` to ``out_dir`` with its LayerNorm and bias values shifted at random (so
+    that a wrongly mapped key cannot hide behind ones and zeros), and the tokenizer files of ``tokenizer_dir``."""
+    import shutil
+
+    import torch
+
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -132,7 +140,6 @@ def tiny_reference(
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file() and f.name != "config.json":
                 shutil.copy(f, Path(out_dir) / f.name)
-    return model
 
 
 LSG_AUTO_MAP = {

@@ -25,20 +25,3 @@ TINY_PRETRAIN = [
     "training.batch_size=2",
     "data.validation_split=0",
 ]
-
-
-def save_perturbed(model, out, tokenizer_dir) -> None:
-    """Save a transformers ``model`` to ``out`` with its LayerNorm and bias values shifted at random (so that a
-    wrongly mapped key cannot hide behind ones and zeros) and the tokenizer files of ``tokenizer_dir``."""
-    import shutil
-
-    import torch
-
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file() and f.name != "config.json":
-            shutil.copy(f, out / f.name)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from helpers import save_perturbed
 from torch.testing import assert_close
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -10,7 +9,7 @@ import longattn_cli  # noqa: F401  (registers the family)
 from longattn_cli.errors import UserError
 from longattn_cli.models.checkpoints import export_roberta, load_model
 from longattn_cli.models.modeling import LongAttnForMaskedLM, LongAttnModel
-from longattn_cli.testing import tiny_reference
+from longattn_cli.testing import save_perturbed, tiny_reference
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog, again and again.",

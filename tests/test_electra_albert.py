@@ -4,7 +4,6 @@ classes on tiny random checkpoints with padding (fp32, 1e-5), and ``longattn con
 import pytest
 import torch
 import transformers
-from helpers import save_perturbed
 from test_checkpoints import batch, real
 from torch.testing import assert_close
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
@@ -13,6 +12,7 @@ import longattn_cli  # noqa: F401  (registers the family)
 from longattn_cli.errors import UserError
 from longattn_cli.models.checkpoints import load_model
 from longattn_cli.models.modeling import LongAttnForReplacedTokenDetection
+from longattn_cli.testing import save_perturbed
 
 
 def source(family: str, head: str, tok_dir, out, **over):

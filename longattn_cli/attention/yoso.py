@@ -326,7 +326,7 @@ def cumulate(
 # So each hash's buckets are laid out side by side in *lanes* (the bucket's tokens gathered into consecutive rows,
 # widths rounded up to multiples of _WIDTH) and buckets of one width go through one batched matmul. A bucket too
 # big for that (cost quadratic in its size) takes the paper's d×d tables instead, Σ_j v_j k_jᵀ, in slots of
-# _SLOT lanes. Each lane's results are added back into its token's row (index_add_). ∂v needs no lanes: it is
+# _SLOT lanes. Each token's row then gathers its lane's results (index_select). ∂v needs no lanes: it is
 # the forward's cumulation with queries and keys swapped. Every sum is the same as the paper's; only the order of
 # the arithmetic differs. Short sequences skip the layout: the n×n collision counts C are cheap there, and the
 # three products are plain matmuls.
@@ -515,7 +515,7 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
                 fill(blk)
                 filled = blk
             _accumulate(chunk, src_qg, src_kv, out_q[blk], out_k[blk], scratch, d)
-    del scratch
+    del scratch  # its lane buffers are free before the ∂v cumulation allocates its tables
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
     shape = (b, h, n, d)
