@@ -277,13 +277,16 @@ def _table_rows(
 def _bucket_sums(rows: torch.Tensor, values: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``table[r] = Σ values[i]`` over the entries (i, f) of ``rows`` (M, k) equal to r: (num_rows, E).
 
-    One ``index_add_`` of all M values per column f: on CPU about twice as fast as one sparse
-    (num_rows × M·k) @ (M, E) product, and far faster than one ``index_add_`` of the values repeated k times.
+    The entries sorted by row (stably: each bucket sums its tokens in order), then one ``embedding_bag`` with a
+    bag per table row: on CPU about 15x faster than ``index_add_`` of the values per column f (which scatters
+    element by element), and the sort costs less than the scatter it replaces.
     """
-    table = values.new_zeros(num_rows, values.shape[1])
-    for f in range(rows.shape[1]):
-        table.index_add_(0, rows[:, f], values)
-    return table
+    m = rows.shape[0]
+    flat = rows.t().reshape(-1)  # (k · M,) column-major: each column's run is already partly in order
+    order = torch.sort(flat.int(), stable=True)[1]  # int32 sorts twice as fast as int64
+    counts = torch.bincount(flat, minlength=num_rows)
+    offsets = torch.cumsum(counts, 0) - counts  # first entry of each row's bag (empty bags sum to zero)
+    return F.embedding_bag(order % m, values, offsets, mode="sum")
 
 
 def cumulate(
