@@ -560,7 +560,7 @@ def _dense_cheaper(n: int) -> bool:
 
 
 _DENSE_MAX = 1024
-_INSTANCES = 1 << 14  # rows per chunk (block of heads, one hash): its scratch stays in cache
+_INSTANCES = 1 << 12  # rows per chunk (block of heads, one hash): its scratch stays in cache
 _LAYOUT_ROWS = 1 << 18  # rows of the chunks laid out together
 
 
