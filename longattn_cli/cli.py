@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -210,6 +211,10 @@ def benchmark_cmd(
     dropout: float = typer.Option(
         0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."
     ),
+    gradient_checkpointing: bool = typer.Option(
+        False, help="With --scope model: recompute each layer's activations in the backward, as "
+        "training.gradient_checkpointing does (less memory, more time).",
+    ),
     threads: int = typer.Option(None, help="CPU threads for torch (default: torch's)."),
     warmup: int = typer.Option(1, help="Untimed steps before timing."),
     repeats: int = typer.Option(
@@ -261,6 +266,7 @@ def benchmark_cmd(
         scope=scope, mode=mode, lengths=chosen["lengths"], attention=chosen["attention"],
         settings=parse_overrides(settings), reference=chosen["reference"], batch=batch, heads=heads, head_dim=head_dim,
         layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, dropout=dropout, threads=threads,
+        gradient_checkpointing=gradient_checkpointing,
         warmup=warmup, repeats=chosen["repeats"], min_time=chosen["min_time"], time_budget=chosen["time_budget"] or None,
         memory_limit_gb=memory_limit, isolate=isolate, seed=seed, reference_models=reference_models,
     )  # fmt: skip
@@ -455,6 +461,8 @@ def _run(argv: list[str] | None) -> None:
         # Outside standalone mode typer returns, rather than raises, an exit code: Ctrl-C comes back as 130.
         code = app(args=argv, prog_name="longattn", standalone_mode=False)
     except UserError as exc:
+        if exc.everywhere and os.environ.get("RANK", "0") != "0":  # the main process says it for all
+            sys.exit(2)
         _fail(str(exc))
     except click_errors.NoArgsIsHelpError:
         sys.exit(0)

@@ -47,7 +47,7 @@ def docs_corpus(tmp_path) -> Path:
     return corpus
 
 
-def launch(out, corpus, cache, *extra):
+def launch(out, corpus, cache, *extra, wait=True):
     argv = [
         *LAUNCH,
         *TINY,
@@ -59,6 +59,10 @@ def launch(out, corpus, cache, *extra):
         *extra,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
@@ -89,6 +93,80 @@ def test_two_processes_train_and_resume_bit_exactly(tmp_path):
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _worker(launcher: subprocess.Popen, rank: int):
+    """The training process of ``rank`` among the launcher's descendants (torchrun's workers carry RANK)."""
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "longattn_cli" in child.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_exactly(tmp_path):
+    """SIGTERM to the second process alone (as a scheduler preempting one node would send): both stop at the
+    same step boundary (the stop travels in the step's all-reduce), the main process saves one checkpoint and
+    says so, and a resumed run ends with the weights of the uninterrupted one."""
+    import signal
+    import time
+
+    corpus, cache = docs_corpus(tmp_path), tmp_path / "cache"
+    steps = ("training.max_steps=300", "training.save_every=null")
+    full = launch(tmp_path / "full", corpus, cache, *steps)
+    assert full.returncode == 0, full.stderr[-2000:]
+    split = tmp_path / "split"
+    run = launch(split, corpus, cache, *steps, wait=False)
+    metrics, began = split / "metrics.jsonl", time.monotonic()
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert run.poll() is None and time.monotonic() - began < 300, "the run ended before it was signalled"
+        time.sleep(0.05)
+    worker = _worker(run, 1)
+    assert worker is not None
+    worker.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode != 0  # the launcher reports its workers' 128 + SIGTERM
+    said = stdout + stderr
+    assert said.count("stopped by a signal on another process at step") == 1, said[-3000:]
+    kept = [p.name for p in (split / "checkpoints").iterdir()]
+    assert len(kept) == 1 and not (split / "model.safetensors").exists()
+    stopped = int(kept[0].removeprefix("step-"))
+    assert 3 <= stopped < 300
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, stopped + 1))  # one writer, no step twice
+    again = launch(split, corpus, cache, *steps, "training.resume=latest")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_both_processes_with_one_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    # Warm-up from a learning rate of 0 at step 1 to 2.5e29 at step 2: the weights overflow and step 3's loss,
+    # all-reduced, is nan on both processes.
+    done = launch(
+        out,
+        docs_corpus(tmp_path),
+        tmp_path / "cache",
+        "training.learning_rate=1e30",
+        "training.warmup_steps=4",
+        "training.max_grad_norm=null",
+        "training.save_every=1",
+    )
+    assert done.returncode != 0
+    errors = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]  # the main process says it for both
+    assert "loss is nan at step 3" in errors[0] and "step-0000002" in errors[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    kept = load_file(str(out / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in kept.values())
 
 
 @pytest.mark.slow

@@ -187,6 +187,10 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         module, run = builder(spec)
     module = module.to(device=device, dtype=_dtype(spec))
     module.train(spec["mode"] == "train")
+    if spec.get("gradient_checkpointing") and spec["scope"] == "model":
+        # As training.gradient_checkpointing: each layer's activations recomputed in the backward (the
+        # step's FLOP count stays the algorithm's, without the recomputed forward).
+        module.gradient_checkpointing_enable()
     return module, run
 
 

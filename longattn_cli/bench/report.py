@@ -116,7 +116,9 @@ def group_table(points: list[dict[str, Any]]) -> Group:
     p0 = points[0]
     what = {"forward": "forward", "train": "forward+backward"}[p0["mode"]]
     table = _compact(
-        f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}",
+        f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}"
+        + (f" · {p0['dtype']}" if p0.get("dtype", "float32") != "float32" else "")
+        + (" · checkpointed" if p0.get("gradient_checkpointing") else ""),
         "ms: median step · IQR: quartile spread · mem: peak · ÷ t/m: time/memory ratios · %pk: percent of the "
         "machine's matmul ceiling reached, by the algorithm's FLOP count" + _baseline_note(points),
         padding=(0, 0),  # nine columns in 80: one space between them
@@ -239,7 +241,8 @@ CSV_FIELDS = [
     "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message", "note",
     "time_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s", "tokens_per_s", "peak_memory_bytes",
     "memory_method", "reference", "vs_reference_time", "vs_reference_memory", "sdpa_baseline",
-    "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "settings", "times_s",
+    "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "gradient_checkpointing", "settings",
+    "times_s",
 ]  # fmt: skip
 MACHINE_FIELDS = ["cpu", "cpu_count", "threads", "memory_gb", "torch", "transformers", "device", "gpu"]
 

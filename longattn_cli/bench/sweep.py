@@ -424,6 +424,7 @@ class BenchmarkOptions:
     repeats: int = 5
     min_time: float = 1.0
     dropout: float = 0.1
+    gradient_checkpointing: bool = False  # model scope: recompute each layer's activations in the backward
     time_budget: float | None = 120.0
     memory_limit_gb: float | None = None
     isolate: bool = True
@@ -441,6 +442,8 @@ class BenchmarkOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.gradient_checkpointing and self.scope != "model":
+            raise UserError("--gradient-checkpointing recomputes a model's layers; use it with --scope model")
         if self.warmup < 0:
             raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
         if not 0 <= self.dropout < 1:
@@ -566,6 +569,7 @@ def plan(
                     repeats=opts.repeats,
                     min_time=opts.min_time,
                     dropout=opts.dropout,
+                    gradient_checkpointing=opts.gradient_checkpointing,
                     time_budget=opts.time_budget or None,
                     seed=opts.seed,
                 )
@@ -778,6 +782,8 @@ def _point_record(spec: dict[str, Any]) -> dict[str, Any]:
         "mode": spec["mode"],
         "n": spec["n"],
         "batch": spec["batch"],
+        "dtype": spec["dtype"],
+        "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
         "status": "running",
         **({"note": cand["note"]} if cand.get("note") else {}),
     }

@@ -408,7 +408,8 @@ class _Run:
             )
             raise UserError(
                 f"loss is {loss} at step {step + 1}; training stopped and {kept} "
-                "(lower training.learning_rate or check the data)"
+                "(lower training.learning_rate or check the data)",
+                everywhere=True,
             )
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
