@@ -212,7 +212,8 @@ def benchmark_cmd(
         0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."
     ),
     gradient_checkpointing: bool = typer.Option(
-        False, help="With --scope model: recompute each layer's activations in the backward, as "
+        False,
+        help="With --scope model: recompute each layer's activations in the backward, as "
         "training.gradient_checkpointing does (less memory, more time).",
     ),
     threads: int = typer.Option(None, help="CPU threads for torch (default: torch's)."),

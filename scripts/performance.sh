@@ -28,3 +28,16 @@ python -m longattn_cli benchmark --scope model --model-size base --mode forward 
     --attention yoso-lsh,nystrom,lsg-norm,softmax-sdpa --reference --time-budget 120 "${common[@]}" \
     --json "$out/model.json" --csv "$out/model.csv" --plot "$out/model.png" | tee "$out/model.txt"
 python scripts/train_throughput.py --size base --steps 4 | tee "$out/throughput.txt"
+# Memory levers: a base-size encoder's training step per mechanism, plain, with gradient checkpointing and in
+# bf16 (no dropout: every softmax is the fused SDPA), at 4,096 tokens (12 layers) and 16,384 (2 layers).
+for lever in plain checkpointed bf16; do
+    case $lever in plain) x=();; checkpointed) x=(--gradient-checkpointing);; bf16) x=(--dtype bfloat16);; esac
+    for at in "4k 4096 12" "16k 16384 2"; do
+        read -r tag n layers <<< "$at"
+        python -m longattn_cli benchmark --scope model --model-size base --layers "$layers" --mode train \
+            --lengths "$n" --attention yoso-lsh,nystrom,lsg-norm,softmax-sdpa --dropout 0 --time-budget 400 \
+            "${common[@]}" "${x[@]}" --json "$out/levers-$tag-$lever.json" --csv "$out/levers-$tag-$lever.csv" \
+            | tee "$out/levers-$tag-$lever.txt"
+    done
+done
+python scripts/memory_levers.py "$out" | tee "$out/levers.md"

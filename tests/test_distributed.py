@@ -141,7 +141,10 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_
     assert [x["step"] for x in lines] == list(range(1, stopped + 1))  # one writer, no step twice
     again = launch(split, corpus, cache, *steps, "training.resume=latest")
     assert again.returncode == 0, again.stderr[-2000:]
-    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(split / "model.safetensors")),
+    )
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
