@@ -47,9 +47,11 @@ def docs_corpus(tmp_path) -> Path:
     return corpus
 
 
-def launch(out, corpus, cache, *extra, wait=True):
+def launch(out, corpus, cache, *extra, wait=True, launcher=("--multi_gpu",)):
     argv = [
-        *LAUNCH,
+        *LAUNCH[:3],
+        *launcher,
+        *LAUNCH[4:],
         *TINY,
         f"data.source={corpus}",
         f"data.cache_dir={cache}",
@@ -262,6 +264,23 @@ def test_two_processes_evaluate_their_shares_with_one_process_results(tmp_path, 
     ]
     assert best[0] is not None and best[0] == best[1]  # "0.xxxx (step N)"
 
+    # FSDP2: evaluation and predictions on an unsharded copy of the gathered weights, each process its share;
+    # the weights match data parallel's to float rounding, so the predictions and the best step do too.
+    fsdp = tmp_path / "fsdp"
+    argv = [*LAUNCH[:3], *FSDP, *LAUNCH[4:-1], "finetune", *common, f"training.output_dir={fsdp}"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def labels(out):
+        return [json.loads(x)["prediction"] for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+    assert labels(fsdp) == labels(one) and len(labels(one)) == 40
+    assert [e["step"] for e in evals(fsdp)] == [2, 4, 6]
+    for got, want in zip(evals(fsdp), evals(one), strict=True):
+        assert got["eval_accuracy"] == want["eval_accuracy"]
+        assert got["eval_loss"] == pytest.approx(want["eval_loss"], abs=1e-4)
+    assert json.loads((fsdp / "summary.json").read_text())["results"]["best accuracy"] == best[0]
+
 
 def _free_port() -> int:
     import socket
@@ -334,17 +353,75 @@ def test_two_machines_over_loopback_train_write_once_and_resume_bit_exactly(tmp_
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize(
-    ("flag", "kind"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
-)
-def test_sharded_launch_on_cpu_is_one_clear_line(flag, kind, monkeypatch):
-    """`accelerate launch --use_fsdp` (or DeepSpeed) sets these; on a machine without GPUs accelerate would run
-    every process alone, so the run stops before it starts."""
+def test_sharded_launches_that_cannot_run_are_one_clear_line(monkeypatch):
+    """DeepSpeed, FSDP version 1, and FSDP in one CPU process stop before the run starts, saying what to do."""
     from longattn_cli.errors import UserError
     from longattn_cli.training.train import make_accelerator
 
-    if torch.cuda.is_available():
-        pytest.skip("the refusal is for CPU-only machines")
-    monkeypatch.setenv(flag, "true")
-    with pytest.raises(UserError, match=f"{kind} needs GPUs.*--multi_gpu"):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="DeepSpeed is not supported.*--use_fsdp --fsdp_version 2"):
         make_accelerator("no")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(UserError, match="FSDP version 1: .*add --fsdp_version 2"):
+        make_accelerator("no")
+    if torch.cuda.is_available():
+        return
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(UserError, match=r"needs at least 2 processes \(WORLD_SIZE=1\)"):
+        make_accelerator("no")
+
+
+FSDP = ["--use_fsdp", "--fsdp_version", "2"]
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_matches_data_parallel_and_resumes_bit_exactly(tmp_path):
+    """`accelerate launch --use_fsdp --fsdp_version 2` (fully_shard over gloo): the same losses as data
+    parallel and final weights within float rounding of it (tied decoder and embeddings stay one matrix);
+    checkpoints hold every process's shards beside a normal Hugging Face model; a resume ignores a save that
+    never completed and ends bit-identical to the uninterrupted run; a data parallel resume of it is refused."""
+    from longattn_cli.models.modeling import LongAttnForMaskedLM
+
+    corpus, cache = docs_corpus(tmp_path), tmp_path / "cache"
+    ddp = launch(tmp_path / "ddp", corpus, cache)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    full = tmp_path / "fsdp"
+    done = launch(full, corpus, cache, launcher=FSDP)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run summary") == 1
+    step3 = full / "checkpoints" / "step-0000003"
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (step3 / "sharded" / part).glob("*.distcp")) == [
+            "__0_0.distcp",
+            "__1_0.distcp",
+        ]
+    assert not (step3 / "optimizer.pt").exists()
+
+    def losses(out):
+        return [round(json.loads(x)["loss"], 5) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(full) == losses(tmp_path / "ddp") and len(losses(full)) == 6
+    a, d = load_file(str(full / "model.safetensors")), load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert a.keys() == d.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], d[k], rtol=0, atol=1e-5)
+    model = LongAttnForMaskedLM.from_pretrained(full)  # a normal checkpoint, tied as saved
+    assert model.lm_head.decoder.weight is model.longattn.embeddings.word_embeddings.weight
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step3, resumed / "checkpoints" / "step-0000003")
+    partial = resumed / "checkpoints" / ".tmp-step-0000006" / "sharded"  # a save killed half-way
+    partial.mkdir(parents=True)
+    (partial / "__0_0.distcp").write_bytes(b"partial")
+    wrong = launch(resumed, corpus, cache, "training.resume=latest")
+    assert wrong.returncode != 0 and "written by a sharded (FSDP) run" in wrong.stderr, wrong.stderr[-2000:]
+    again = launch(resumed, corpus, cache, "training.resume=latest", launcher=FSDP)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stderr + again.stdout and "step-0000003" in again.stderr + again.stdout
+    b = load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

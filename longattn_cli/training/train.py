@@ -1,8 +1,8 @@
 """The training loop shared by ``longattn pretrain`` and ``longattn finetune``, on accelerate.
 
 A command describes its work as a :class:`Job` (model, objective, data, collator, evaluation); this loop does
-the rest the same way for both: data parallel through accelerate (plain ``longattn`` is one process,
-``accelerate launch -m longattn_cli`` is many), gradient accumulation, clipping, warm-up and schedule, mixed
+the rest the same way for both: data parallel or sharded (FSDP2) through accelerate (plain ``longattn`` is one
+process, ``accelerate launch -m longattn_cli`` is many), gradient accumulation, clipping, warm-up and schedule, mixed
 precision, checkpoints that resume bit-exactly, SIGINT/SIGTERM handling and NaN detection.
 
 The data order is a function of the step alone (a seeded permutation per epoch, batch ``i`` of process ``r``
@@ -103,30 +103,60 @@ def make_accelerator(precision: str):
         precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or (
             "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         )
-    sharded = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
-    for kind, flag in sharded.items():
-        if os.environ.get(flag, "").lower() in ("1", "true") and not torch.cuda.is_available():
-            # accelerate shards only on accelerators: on the CPU it sets up no group for --use_fsdp (every
-            # process would train alone, each thinking it is rank 0) and drops the plugin with cpu=True.
-            raise UserError(
-                f"{kind} needs GPUs: accelerate runs it on CUDA devices only, and on this CPU-only machine every "
-                "process would train alone; launch data parallel with --multi_gpu instead"
-            )
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        raise UserError(
+            "DeepSpeed is not supported by longattn's checkpoints; shard with FSDP2 instead "
+            "(accelerate launch --use_fsdp --fsdp_version 2 ...) or launch data parallel with --multi_gpu"
+        )
+    fsdp = _flag("ACCELERATE_USE_FSDP")
+    if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError(
+            f"FSDP version {os.environ.get('FSDP_VERSION', '1')}: longattn shards with FSDP2 (fully_shard); "
+            "add --fsdp_version 2 to accelerate launch"
+        )
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
     # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
     # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = world > 1 and not torch.cuda.is_available()
+    if fsdp and not torch.cuda.is_available() and world < 2:
+        raise UserError(
+            f"FSDP on this CPU-only machine needs at least 2 processes (WORLD_SIZE={world}); launch with "
+            "accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 (or more)"
+        )
     try:
         accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"training.mixed_precision={precision}: {exc}") from None
+    if fsdp and cpu:
+        _shard_on_cpu(accelerator)
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("FSDP", "DEEPSPEED"):  # their sharded optimizer state needs accelerate's own save_state
-        raise UserError(
-            f"{kind} is not supported by longattn's checkpoints yet; launch data parallel (DDP) instead"
-        )
+    if kind in ("DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"accelerate's {kind} is not supported; launch data parallel (DDP) or FSDP2 instead")
     return accelerator
+
+
+def _flag(name: str) -> bool:
+    import os
+
+    return os.environ.get(name, "").lower() in ("1", "true")
+
+
+def _shard_on_cpu(accelerator) -> None:
+    """FSDP2 over gloo on CPU processes: accelerate forms the group (``cpu=True``) but only switches to FSDP on
+    accelerators, and torch's ``fully_shard`` runs on gloo; so the plugin that ``accelerate launch --use_fsdp``
+    describes (its ``FSDP_*`` variables) is set on the state here, where accelerate would have set it."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # Both states: accelerate re-reads the type from PartialState's shared dict after prepare().
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -215,6 +245,10 @@ class _Run:
             "micro_batch": None,  # [batch, accumulation] once training.auto_batch_size has split the batches
         }
         self.resumed_from = None
+        # FSDP2: the model is sharded in place by prepare(); its checkpoints hold the shards (every process
+        # writes its own), and evaluation and the saved models use an unsharded copy (see _plain).
+        self.sharded = bool(getattr(accelerator, "is_fsdp2", False))
+        self.model_class, self._copy = type(job.model), None
         if cfg.auto_batch_size and (self.world > 1 or job.stream_length is not None):
             raise UserError(
                 "training.auto_batch_size runs in one process on a map-style dataset; with several processes "
@@ -224,7 +258,19 @@ class _Run:
         if self.state["micro_batch"]:  # the split an earlier out-of-memory forced, kept across resumes
             self.batch, self.accumulation = self.state["micro_batch"]
             order = self._order()
+        if self.sharded:
+            # accelerate reads these from the root it shards: the layer classes for its transformer wrap policy,
+            # and tie_weights(), which it calls after moving the model to the meta device and back (without
+            # it the MLM decoder would come back untied from the word embeddings and train as its own matrix).
+            job.objective._no_split_modules = getattr(job.model, "_no_split_modules", None)
+            job.objective.tie_weights = job.model.tie_weights
         self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
+        if resume:
+            if self.sharded:
+                self._load_shards(resume[0])
+            changed = trainstate.extension(resume[1]["signature"], self.signature)
+            if changed:
+                self._extend(resume[1], changed, optimizer)
         if job.stream_length is not None:
             order = StreamOrder(
                 job.train,
@@ -261,14 +307,47 @@ class _Run:
         """Weights, optimizer, schedule and step from a checkpoint; returns this process's random state."""
         where, saved = resume
         trainstate.check_signature(saved["signature"], self.signature, where)  # now with tokenizer and data
-        trainstate.load_weights(self.job.model, where)
-        rng = trainstate.load_training_state(where, optimizer, self.scheduler, self.rank)
+        has_shards = (where / trainstate.SHARDED).is_dir()
+        if has_shards != self.sharded:
+            raise UserError(
+                f"{where} was written by a {'sharded (FSDP)' if has_shards else 'data parallel'} run; resume "
+                f"it with the same kind of launch ({'--use_fsdp --fsdp_version 2' if has_shards else 'no --use_fsdp'})"
+            )
+        if not self.sharded:  # FSDP loads its shards after prepare()
+            trainstate.load_weights(self.job.model, where)
+        rng = trainstate.load_training_state(
+            where, None if self.sharded else optimizer, self.scheduler, self.rank
+        )
         self.state.update({k: saved.get(k, self.state[k]) for k in self.state})
         self.resumed_from = where
-        changed = trainstate.extension(saved["signature"], self.signature)
-        if changed:
-            self._extend(saved, changed, optimizer)
         return rng
+
+    def _load_shards(self, where: Path) -> None:
+        """FSDP: every process reads its shards of the model and the optimizer (accelerate's sharded loading)."""
+        from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
+
+        plugin, acc = self.accelerator.state.fsdp_plugin, self.accelerator
+        load_fsdp_model(plugin, acc, self.objective, where / trainstate.SHARDED)
+        load_fsdp_optimizer(plugin, acc, self.optimizer, self.objective, where / trainstate.SHARDED)
+
+    def model(self):
+        """The model to evaluate and save: the trained one, or under FSDP an unsharded copy of its weights."""
+        if not self.sharded:
+            return self.accelerator.unwrap_model(self.objective).model
+        return self._plain()
+
+    def _plain(self):
+        """Every process gathers the full weights (a collective: all call it) into one plain copy of the model."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.objective, options=StateDictOptions(full_state_dict=True))
+        full = {k.removeprefix("model."): v for k, v in full.items()}
+        if self._copy is None:  # its random initialisation must not move the training's random streams
+            rng = trainstate.rng_state()
+            self._copy = self.model_class(self.job.model.config).to(self.accelerator.device)
+            trainstate.set_rng_state(rng)
+        trainstate.load_state(self._copy, full, "the gathered FSDP weights")
+        return self._copy
 
     def _extend(self, saved: dict[str, Any], changed: dict[str, list], optimizer) -> None:
         """Continue a run past the end it was planned for: the schedule is the one a run planned for the new
@@ -311,7 +390,7 @@ class _Run:
                 if on_step:
                     on_step(step, job.model)
                 if job.evaluate and _due(step, cfg.eval_every, self.steps_per_epoch, self.total):
-                    _evaluate(job, self.accelerator, self.objective, state, self.out, report, step)
+                    _evaluate(job, self.accelerator, self.model(), state, self.out, report, step)
                 if stopping or step == self.total or (cfg.save_every and step % cfg.save_every == 0):
                     self.last_checkpoint = self._save()
                 if stopping:
@@ -321,7 +400,7 @@ class _Run:
                         "continue with --resume latest"
                     )
                     return 128 + (stop.signal or signal.SIGTERM)
-            rows = _finish(job, self.accelerator, self.objective, state, self.out)
+            rows = _finish(job, self.accelerator, self.model(), state, self.out)
         elapsed = time.perf_counter() - began
         if main:
             _write_summary(self.out, job, state, self.world, elapsed, report, rows)
@@ -418,28 +497,41 @@ class _Run:
         self.state["step"] = step + 1
         self.state["tokens"] += int(tokens)
         padding = 1 - tokens / slots if slots else 0.0
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         return loss, lr, int(tokens), None if grad_norm is None else float(grad_norm), stopping > 0, padding
 
     def _save(self) -> Path:
         """A checkpoint of the current step; every process hands its random state to the main one."""
         from accelerate.utils import gather_object
 
+        acc = self.accelerator
         where = trainstate.checkpoint_dir(self.out, self.state["step"])
         rngs = gather_object([trainstate.rng_state()])
-        if self.accelerator.is_main_process:
+        if self.sharded:  # every process writes its shards into the staging directory, renamed when complete
+            from accelerate.utils import save_fsdp_model, save_fsdp_optimizer
+
+            if acc.is_main_process:
+                trainstate.begin(where)
+            acc.wait_for_everyone()
+            shards, plugin = trainstate.staging(where) / trainstate.SHARDED, acc.state.fsdp_plugin
+            save_fsdp_model(plugin, acc, self.objective, shards)
+            save_fsdp_optimizer(plugin, acc, self.optimizer, self.objective, shards)
+        model = self.model()
+        if acc.is_main_process:
             record = dict(self.state, signature=self.signature, total_steps=self.total)
-            model = self.accelerator.unwrap_model(self.objective).model
             trainstate.save(
                 where,
                 model,
                 self.job.tokenizer,
-                self.optimizer.optimizer,
+                None if self.sharded else self.optimizer.optimizer,
                 self.scheduler,
                 rngs,
                 record,
                 self.cfg.keep_last,
+                staged=self.sharded,
             )
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return where
 
 
@@ -465,10 +557,9 @@ def _due(step: int, every: int | None, steps_per_epoch: int, total: int) -> bool
     return step % every == 0 if every else step % steps_per_epoch == 0
 
 
-def _evaluate(job: Job, accelerator, objective, state, out: Path, report: Reporter, step: int) -> None:
+def _evaluate(job: Job, accelerator, model, state, out: Path, report: Reporter, step: int) -> None:
     """Evaluate on every process (each its share); keep the best model (by ``job.metric_for_best``) in
     ``OUTPUT/best``, written by the main process."""
-    model = accelerator.unwrap_model(objective).model
     model.eval()
     metrics = job.evaluate(model)
     model.train()
@@ -502,11 +593,10 @@ def _save_model(model, tokenizer, directory: Path) -> None:
     tmp.replace(directory)
 
 
-def _finish(job: Job, accelerator, objective, state, out: Path) -> dict[str, Any]:
+def _finish(job: Job, accelerator, model, state, out: Path) -> dict[str, Any]:
     """Write the final (or best) model into the output directory itself, then the job's own closing work
     (on every process: its predictions are sharded too)."""
     rows: dict[str, Any] = {}
-    model = accelerator.unwrap_model(objective).model
     if state["best_step"] is not None and (out / "best").is_dir():
         trainstate.load_weights(model, out / "best")
         rows[f"best {job.metric_for_best}"] = f"{state['best_metric']:.4f} (step {state['best_step']})"

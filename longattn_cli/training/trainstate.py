@@ -37,6 +37,9 @@ VOLATILE = {
 EXTENDABLE = {"training.max_steps", "training.epochs"}
 
 
+SHARDED = "sharded"  # FSDP's model and optimizer shards (torch.distributed.checkpoint), one per process
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries whose numerics a resumed run depends on."""
     import accelerate
@@ -123,6 +126,20 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"step-{step:07d}"
 
 
+def staging(directory: Path) -> Path:
+    """Where a checkpoint is written before it is renamed into place (ignored by :func:`list_checkpoints`)."""
+    return directory.with_name(f".tmp-{directory.name}")
+
+
+def begin(directory: Path) -> Path:
+    """An empty staging directory for ``directory`` (call on the main process only)."""
+    tmp = staging(directory)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def save(
     directory: Path,
     model,
@@ -132,15 +149,18 @@ def save(
     rng_states: list,
     state: dict[str, Any],
     keep_last: int,
+    staged: bool = False,
 ) -> None:
-    """Write a checkpoint atomically (call on the main process only) and keep the newest ``keep_last``."""
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    """Write a checkpoint atomically (call on the main process only) and keep the newest ``keep_last``.
+
+    ``staged``: the staging directory already holds files every process wrote (FSDP's sharded model and
+    optimizer, ``SHARDED``); ``optimizer`` is then ``None``.
+    """
+    tmp = staging(directory) if staged else begin(directory)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_states, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
@@ -204,17 +224,24 @@ def load_weights(model, path: Path) -> None:
     """Load a checkpoint's weights into ``model`` in place (tied weights are re-tied)."""
     from longattn_cli.models.checkpoints import read_state_dict
 
-    result = model.load_state_dict(read_state_dict(path), strict=False)
+    load_state(model, read_state_dict(path), str(path))
+
+
+def load_state(model, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state_dict`` into ``model`` in place (tied weights are re-tied); ``what`` names it in errors."""
+    result = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise UserError(f"{path}: weights do not fit the model ({(missing + result.unexpected_keys)[0]})")
+        raise UserError(f"{what}: weights do not fit the model ({(missing + result.unexpected_keys)[0]})")
     if model.config.tie_word_embeddings:
         model.tie_weights()
 
 
 def load_training_state(path: Path, optimizer, scheduler, rank: int) -> dict[str, Any]:
-    """Optimizer and scheduler state; returns this process's random state (set it last)."""
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    """Optimizer (unless ``None``: FSDP loads its shards itself) and scheduler state; returns this process's
+    random state (set it last)."""
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     return torch.load(path / "rng.pt", weights_only=True)[rank]
