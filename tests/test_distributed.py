@@ -37,6 +37,9 @@ LAUNCH = [
 ]
 
 
+FSDP = ["--use_fsdp", "--fsdp_version", "2"]  # sharded (fully_shard over gloo) instead of --multi_gpu's DDP
+LAUNCHERS = pytest.mark.parametrize("launcher", [("--multi_gpu",), tuple(FSDP)], ids=["ddp", "fsdp2"])
+
 # A tiny model on short blocks: the same for the two-process runs and the one-process check.
 TINY = [*TINY_PRETRAIN, "model.dropout=0.1"]
 
@@ -111,7 +114,8 @@ def _worker(launcher: subprocess.Popen, rank: int):
 
 
 @pytest.mark.slow
-def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_exactly(tmp_path):
+@LAUNCHERS
+def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_exactly(tmp_path, launcher):
     """SIGTERM to the second process alone (as a scheduler preempting one node would send): both stop at the
     same step boundary (the stop travels in the step's all-reduce), the main process saves one checkpoint and
     says so, and a resumed run ends with the weights of the uninterrupted one."""
@@ -120,10 +124,10 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_
 
     corpus, cache = docs_corpus(tmp_path), tmp_path / "cache"
     steps = ("training.max_steps=300", "training.save_every=null")
-    full = launch(tmp_path / "full", corpus, cache, *steps)
+    full = launch(tmp_path / "full", corpus, cache, *steps, launcher=launcher)
     assert full.returncode == 0, full.stderr[-2000:]
     split = tmp_path / "split"
-    run = launch(split, corpus, cache, *steps, wait=False)
+    run = launch(split, corpus, cache, *steps, wait=False, launcher=launcher)
     metrics, began = split / "metrics.jsonl", time.monotonic()
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert run.poll() is None and time.monotonic() - began < 300, "the run ended before it was signalled"
@@ -141,7 +145,7 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_
     assert 3 <= stopped < 300
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, stopped + 1))  # one writer, no step twice
-    again = launch(split, corpus, cache, *steps, "training.resume=latest")
+    again = launch(split, corpus, cache, *steps, "training.resume=latest", launcher=launcher)
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = (
         load_file(str(tmp_path / "full" / "model.safetensors")),
@@ -152,7 +156,10 @@ def test_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes_bit_
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_stops_both_processes_with_one_error_and_keeps_the_last_good_checkpoint(tmp_path):
+@LAUNCHERS
+def test_a_non_finite_loss_stops_both_processes_with_one_error_and_keeps_the_last_good_checkpoint(
+    tmp_path, launcher
+):
     out = tmp_path / "run"
     # Warm-up from a learning rate of 0 at step 1 to 2.5e29 at step 2: the weights overflow and step 3's loss,
     # all-reduced, is nan on both processes.
@@ -164,6 +171,7 @@ def test_a_non_finite_loss_stops_both_processes_with_one_error_and_keeps_the_las
         "training.warmup_steps=4",
         "training.max_grad_norm=null",
         "training.save_every=1",
+        launcher=launcher,
     )
     assert done.returncode != 0
     errors = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
@@ -374,9 +382,6 @@ def test_sharded_launches_that_cannot_run_are_one_clear_line(monkeypatch):
         make_accelerator("no")
 
 
-FSDP = ["--use_fsdp", "--fsdp_version", "2"]
-
-
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_matches_data_parallel_and_resumes_bit_exactly(tmp_path):
     """`accelerate launch --use_fsdp --fsdp_version 2` (fully_shard over gloo): the same losses as data
@@ -392,6 +397,14 @@ def test_fsdp2_on_two_cpu_processes_matches_data_parallel_and_resumes_bit_exactl
     done = launch(full, corpus, cache, launcher=FSDP)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run summary") == 1
+    assert [json.loads(x)["step"] for x in (full / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     step3 = full / "checkpoints" / "step-0000003"
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (step3 / "sharded" / part).glob("*.distcp")) == [

@@ -105,8 +105,8 @@ def make_accelerator(precision: str):
         )
     if _flag("ACCELERATE_USE_DEEPSPEED"):
         raise UserError(
-            "DeepSpeed is not supported by longattn's checkpoints; shard with FSDP2 instead "
-            "(accelerate launch --use_fsdp --fsdp_version 2 ...) or launch data parallel with --multi_gpu"
+            "DeepSpeed is not supported (its engine would take over longattn's step and checkpoints); shard with "
+            "FSDP2 instead (accelerate launch --use_fsdp --fsdp_version 2 ...) or launch data parallel with --multi_gpu"
         )
     fsdp = _flag("ACCELERATE_USE_FSDP")
     if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
