@@ -50,11 +50,14 @@ def docs_corpus(tmp_path) -> Path:
     return corpus
 
 
+def command(launcher=("--multi_gpu",), name="pretrain") -> list[str]:
+    """LAUNCH with another kind of launch (e.g. FSDP) in place of --multi_gpu, and another longattn command."""
+    return [*LAUNCH[:3], *launcher, *LAUNCH[4:-1], name]
+
+
 def launch(out, corpus, cache, *extra, wait=True, launcher=("--multi_gpu",)):
     argv = [
-        *LAUNCH[:3],
-        *launcher,
-        *LAUNCH[4:],
+        *command(launcher),
         *TINY,
         f"data.source={corpus}",
         f"data.cache_dir={cache}",
@@ -275,7 +278,7 @@ def test_two_processes_evaluate_their_shares_with_one_process_results(tmp_path, 
     # FSDP2: evaluation and predictions on an unsharded copy of the gathered weights, each process its share;
     # the weights match data parallel's to float rounding, so the predictions and the best step do too.
     fsdp = tmp_path / "fsdp"
-    argv = [*LAUNCH[:3], *FSDP, *LAUNCH[4:-1], "finetune", *common, f"training.output_dir={fsdp}"]
+    argv = [*command(FSDP, "finetune"), *common, f"training.output_dir={fsdp}"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -397,14 +400,8 @@ def test_fsdp2_on_two_cpu_processes_matches_data_parallel_and_resumes_bit_exactl
     done = launch(full, corpus, cache, launcher=FSDP)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run summary") == 1
-    assert [json.loads(x)["step"] for x in (full / "metrics.jsonl").read_text().splitlines()] == [
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-    ]
+    steps = [json.loads(x)["step"] for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
     step3 = full / "checkpoints" / "step-0000003"
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (step3 / "sharded" / part).glob("*.distcp")) == [

@@ -108,10 +108,10 @@ def make_accelerator(precision: str):
             "DeepSpeed is not supported (its engine would take over longattn's step and checkpoints); shard with "
             "FSDP2 instead (accelerate launch --use_fsdp --fsdp_version 2 ...) or launch data parallel with --multi_gpu"
         )
-    fsdp = _flag("ACCELERATE_USE_FSDP")
-    if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
+    fsdp, version = _flag("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION", "1")
+    if fsdp and version != "2":
         raise UserError(
-            f"FSDP version {os.environ.get('FSDP_VERSION', '1')}: longattn shards with FSDP2 (fully_shard); "
+            f"FSDP version {version}: longattn shards with FSDP2 (fully_shard); "
             "add --fsdp_version 2 to accelerate launch"
         )
     if precision == "fp16" and not torch.cuda.is_available():
@@ -248,7 +248,7 @@ class _Run:
         # FSDP2: the model is sharded in place by prepare(); its checkpoints hold the shards (every process
         # writes its own), and evaluation and the saved models use an unsharded copy (see _plain).
         self.sharded = bool(getattr(accelerator, "is_fsdp2", False))
-        self.model_class, self._copy = type(job.model), None
+        self.model_class, self._copy, self._copy_step = type(job.model), None, None
         if cfg.auto_batch_size and (self.world > 1 or job.stream_length is not None):
             raise UserError(
                 "training.auto_batch_size runs in one process on a map-style dataset; with several processes "
@@ -337,9 +337,12 @@ class _Run:
         return self._plain()
 
     def _plain(self):
-        """Every process gathers the full weights (a collective: all call it) into one plain copy of the model."""
+        """Every process gathers the full weights (a collective: all call it) into one plain copy of the model,
+        once per step (an evaluation and a checkpoint at the same step share it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        if self._copy_step == self.state["step"]:
+            return self._copy
         full = get_model_state_dict(self.objective, options=StateDictOptions(full_state_dict=True))
         full = {k.removeprefix("model."): v for k, v in full.items()}
         if self._copy is None:  # its random initialisation must not move the training's random streams
@@ -347,6 +350,7 @@ class _Run:
             self._copy = self.model_class(self.job.model.config).to(self.accelerator.device)
             trainstate.set_rng_state(rng)
         trainstate.load_state(self._copy, full, "the gathered FSDP weights")
+        self._copy_step = self.state["step"]
         return self._copy
 
     def _extend(self, saved: dict[str, Any], changed: dict[str, list], optimizer) -> None:
@@ -400,7 +404,9 @@ class _Run:
                         "continue with --resume latest"
                     )
                     return 128 + (stop.signal or signal.SIGTERM)
-            rows = _finish(job, self.accelerator, self.model(), state, self.out)
+            model = self.model()
+            self._copy_step = None  # _finish may load the best weights into the copy
+            rows = _finish(job, self.accelerator, model, state, self.out)
         elapsed = time.perf_counter() - began
         if main:
             _write_summary(self.out, job, state, self.world, elapsed, report, rows)
@@ -583,9 +589,7 @@ def _save_model(model, tokenizer, directory: Path) -> None:
     """Save model + tokenizer into ``directory`` atomically (written aside, then renamed into place)."""
     import shutil
 
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = trainstate.begin(directory)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if directory.exists():
