@@ -361,10 +361,10 @@ class _Chunk:
 
 
 def _layout(
-    codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int, span: int
+    codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int, span: int, period: int
 ) -> list[_Chunk]:
     """Lanes of every chunk for codes (chunks, heads · n) below ``span``: chunk c's row r is token r % n of
-    head r // n.
+    problem r // n (one head in one hash), and reads its inputs from source row r % ``period``.
 
     All chunks at once, so that the sorts and counts are a few large operations rather than a few small ones
     per chunk (on CPU a sort of 4,096 elements costs 4× per element what one of a million does). A bucket is
@@ -395,8 +395,8 @@ def _layout(
     start = torch.cumsum(per_chunk, 0) - per_chunk  # first global lane of each chunk
     first = torch.empty_like(width)
     first[order] = torch.cumsum(ordered, 0) - ordered - start[owner]  # lane within its chunk
-    rows_q, back_q = _place(bq, cq, first, live, chunk, per_chunk, start, rows)
-    rows_k, back_k = _place(bk, ck, first, live, chunk, per_chunk, start, rows)
+    rows_q, back_q = _place(bq, cq, first, live, chunk, per_chunk, start, rows, period)
+    rows_k, back_k = _place(bk, ck, first, live, chunk, per_chunk, start, rows, period)
     # Classes: runs of (chunk, width) among the attention buckets, in lane order.
     a = attend[order]
     runs, counts = torch.unique_consecutive((owner * big + ordered)[a], return_counts=True)
@@ -428,9 +428,10 @@ def _layout(
     return out
 
 
-def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
-    """Source row of each global lane (``rows``, the zero row, for padding lanes), and the lane of each row
-    within its chunk ((chunks, rows); a chunk's lane count, its zero lane, for rows without a lane).
+def _place(buckets, counts, first, live, chunk, per_chunk, start, rows, period):
+    """Source row of each global lane (its row % ``period``; ``period``, the zero row, for padding lanes), and
+    the lane of each row within its chunk ((chunks, rows); a chunk's lane count, its zero lane, for rows
+    without a lane).
 
     Per-bucket quantities are gathered with ``index_select`` (a few times faster than ``x[index]`` here).
     """
@@ -446,8 +447,8 @@ def _place(buckets, counts, first, live, chunk, per_chunk, start, rows):
     back = torch.empty_like(lane).scatter_(0, order, lane).view(-1, rows)
     total = int(per_chunk.sum())
     at = torch.where(alive, lane + torch.index_select(start, 0, owner), total)  # lane-less rows: a spare slot
-    source = torch.full((total + 1,), rows, dtype=torch.long, device=buckets.device)
-    source.scatter_(0, at, order - owner * rows)
+    source = torch.full((total + 1,), period, dtype=torch.long, device=buckets.device)
+    source.scatter_(0, at, (order - owner * rows) % period)
     return source[:total], back
 
 
@@ -466,9 +467,15 @@ class _Scratch:
 
 
 def _heads_per_chunk(bh: int, n: int) -> int:
-    """The largest divisor of B·H with at most _INSTANCES rows per chunk (at least one head)."""
+    """The largest divisor of B·H with at most _INSTANCES rows per block (at least one head)."""
     most = max(1, _INSTANCES // n)
     return max(x for x in range(1, min(bh, most) + 1) if bh % x == 0)
+
+
+def _hashes_per_chunk(nh: int, rows: int) -> int:
+    """The largest divisor of num_hash with at most _CHUNK_ROWS rows per chunk (at least one hash)."""
+    most = max(1, _CHUNK_ROWS // rows)
+    return max(x for x in range(1, min(nh, most) + 1) if nh % x == 0)
 
 
 def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
@@ -482,10 +489,13 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
     nh = codes_q.shape[-1]
     heads = _heads_per_chunk(b * h, n)
-    blocks, rows = b * h // heads, heads * n  # a chunk: one block of heads in one hash
+    blocks, rows = b * h // heads, heads * n  # a block of heads: the rows its sources hold
+    per = _hashes_per_chunk(nh, rows)  # a chunk: one block of heads in ``per`` hashes
+    groups = nh // per
 
-    def by_chunk(codes):  # (B, H, N, hashes) → (blocks · hashes, heads · N), chunk = block · hashes + hash
-        return codes.reshape(blocks, heads, n, nh).permute(0, 3, 1, 2).reshape(blocks * nh, rows)
+    def by_chunk(codes):  # (B, H, N, hashes) → (blocks · groups, per · rows): chunk = block · groups + group
+        codes = codes.reshape(blocks, heads, n, groups, per).permute(0, 3, 4, 1, 2)
+        return codes.reshape(blocks * groups, per * rows)
 
     # One block's sources at a time (chunks come block by block): rows + 1 by 2D, x | y side by side per row
     # and a zero row last, for q | g / nh (every sum below is then already a mean) and k | v.
@@ -508,16 +518,17 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     scratch = _Scratch(q)
     cq, ck = by_chunk(codes_q), by_chunk(codes_k)  # int32: the layout widens one group at a time
     span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
-    group = max(1, _LAYOUT_ROWS // rows)  # chunks laid out together: bounds the layout's index memory
+    total = blocks * groups
+    group = max(1, _LAYOUT_ROWS // (per * rows))  # chunks laid out together: bounds the layout's index memory
     filled = -1
-    for c0 in range(0, blocks * nh, group):
-        c1 = min(blocks * nh, c0 + group)
-        for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], heads, n, d, span), start=c0):
-            blk = c // nh
+    for c0 in range(0, total, group):
+        c1 = min(total, c0 + group)
+        for c, chunk in enumerate(_layout(cq[c0:c1], ck[c0:c1], per * heads, n, d, span, rows), start=c0):
+            blk = c // groups
             if blk != filled:
                 fill(blk)
                 filled = blk
-            _accumulate(chunk, src_qg, src_kv, out_q[blk], out_k[blk], scratch, d)
+            _accumulate(chunk, src_qg, src_kv, out_q[blk], out_k[blk], scratch, d, per)
     del scratch  # its lane buffers are free before the ∂v cumulation allocates its tables
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
@@ -525,32 +536,47 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     return out_q.reshape(shape), out_k.reshape(shape), gv
 
 
-def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int) -> None:
-    """Add one chunk's two sums into ``out_q`` and ``out_k`` (rows, D)."""
+def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int, per: int) -> None:
+    """Add one chunk's two sums, over its ``per`` hashes, into ``out_q`` and ``out_k`` (rows, D).
+
+    The lanes of a width class are gathered and multiplied a piece at a time (at most _PIECE lanes), so
+    that the products read their inputs from cache.
+    """
     size = chunk.lanes
-    qg = torch.index_select(src_qg, 0, chunk.rows_q, out=scratch("qg", size, 2 * d))  # query side
-    kv = torch.index_select(src_kv, 0, chunk.rows_k, out=scratch("kv", size, 2 * d))  # key side
-    qs, gs, ks, vs = qg[:, :d], qg[:, d:], kv[:, :d], kv[:, d:]
     oq, ok = scratch("oq", size + 1, d), scratch("ok", size + 1, d)  # + a zero lane for rows without one
     oq[size].zero_()
     ok[size].zero_()
     for lane, count, width in chunk.classes:
-        part = slice(lane, lane + count * width)
-        q_, g_, k_, v_ = (x[part].view(count, width, d) for x in (qs, gs, ks, vs))
-        w = torch.bmm(g_, v_.transpose(1, 2), out=scratch("w", count, width, width))  # (buckets, W, W)
-        torch.bmm(w, k_, out=oq[part].view(count, width, d))
-        torch.bmm(w.transpose(1, 2), q_, out=ok[part].view(count, width, d))
+        step = max(1, _PIECE // width)  # buckets per piece
+        for first in range(0, count, step):
+            c = min(step, count - first)
+            part = slice(lane + first * width, lane + (first + c) * width)
+            qg = torch.index_select(src_qg, 0, chunk.rows_q[part], out=scratch("qg", c * width, 2 * d))
+            kv = torch.index_select(src_kv, 0, chunk.rows_k[part], out=scratch("kv", c * width, 2 * d))
+            q_, g_ = qg.view(c, width, 2 * d).split(d, dim=2)
+            k_, v_ = kv.view(c, width, 2 * d).split(d, dim=2)
+            w = torch.bmm(g_, v_.transpose(1, 2), out=scratch("w", c, width, width))  # (buckets, W, W)
+            torch.bmm(w, k_, out=oq[part].view(c, width, d))
+            torch.bmm(w.transpose(1, 2), q_, out=ok[part].view(c, width, d))
     if chunk.tables is not None:
         lane, bucket, nt = chunk.tables
         part = slice(lane, size)
-        q_, g_, k_, v_ = (x[part].view(-1, _SLOT, d) for x in (qs, gs, ks, vs))
+        qg = torch.index_select(src_qg, 0, chunk.rows_q[part], out=scratch("qg", size - lane, 2 * d))
+        kv = torch.index_select(src_kv, 0, chunk.rows_k[part], out=scratch("kv", size - lane, 2 * d))
+        q_, g_ = qg.view(-1, _SLOT, 2 * d).split(d, dim=2)
+        k_, v_ = kv.view(-1, _SLOT, 2 * d).split(d, dim=2)
         vk = q_.new_zeros(nt, d, d).index_add_(0, bucket, v_.transpose(1, 2) @ k_)  # Σ v kᵀ per bucket
         torch.bmm(g_, vk.index_select(0, bucket), out=oq[part].view(-1, _SLOT, d))
         gq = q_.new_zeros(nt, d, d).index_add_(0, bucket, g_.transpose(1, 2) @ q_)  # Σ g qᵀ per bucket
         torch.bmm(v_, gq.index_select(0, bucket), out=ok[part].view(-1, _SLOT, d))
-    # Each row reads its lane's sums (a gather: on CPU several times faster than index_add_ from the lanes).
-    out_q += torch.index_select(oq, 0, chunk.back_q, out=scratch("back", len(out_q), d))
-    out_k += torch.index_select(ok, 0, chunk.back_k, out=scratch("back", len(out_k), d))
+    # Each row reads its lanes' sums, one per hash of the chunk: a gather and a sum in one embedding_bag (on
+    # CPU several times faster than index_add_ from the lanes).
+    rows = len(out_q)
+    for o, lanes, back in ((out_q, oq, chunk.back_q), (out_k, ok, chunk.back_k)):
+        if per == 1:
+            o += torch.index_select(lanes, 0, back, out=scratch("back", rows, d))
+        else:
+            o += F.embedding_bag(back.view(per, rows).t(), lanes, mode="sum")
 
 
 def _dense_cheaper(n: int) -> bool:
@@ -560,7 +586,9 @@ def _dense_cheaper(n: int) -> bool:
 
 
 _DENSE_MAX = 1024
-_INSTANCES = 1 << 12  # rows per chunk (block of heads, one hash): its scratch stays in cache
+_INSTANCES = 1 << 12  # rows per block of heads
+_CHUNK_ROWS = 1 << 16  # rows per chunk: a block of heads in several hashes (fewer, larger products)
+_PIECE = 1 << 11  # lanes gathered at a time for the batched products
 _LAYOUT_ROWS = 1 << 18  # rows of the chunks laid out together
 
 
