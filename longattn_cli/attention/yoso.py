@@ -602,11 +602,15 @@ def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.f
     """
     p, n, nh = codes_q.shape
     m = codes_k.shape[1]
+    if p * n * m >= 1 << 31:  # cells are packed into 32 bits below
+        raise ValueError(f"collision_counts of {p}×{n}×{m} cells: at most 2^31 at a time")
     dev = codes_q.device
     span = int(max(codes_q.max(), codes_k.max())) + 1
     problem = (torch.arange(p, device=dev).view(p, 1, 1) * nh + torch.arange(nh, device=dev)) * span
+    small = p * nh * span < 1 << 31  # int32 keys sort twice as fast as int64
+    problem = problem.int() if small else problem
     keys, order = torch.sort((codes_k + problem).reshape(-1))
-    queries = (codes_q + problem).reshape(-1)
+    keys, queries = keys.long(), (codes_q + problem).reshape(-1).long()
     bins = p * nh * span
     if bins <= 4 * keys.numel():
         count = torch.bincount(keys, minlength=bins)
@@ -614,19 +618,21 @@ def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.f
     else:
         lo = torch.searchsorted(keys, queries)
         count = torch.searchsorted(keys, queries, right=True) - lo
-    query = torch.repeat_interleave(torch.arange(len(queries), device=dev), count)
-    rank = torch.arange(len(query), device=dev) - torch.repeat_interleave(
-        torch.cumsum(count, 0) - count, count
-    )
-    key = order[lo[query] + rank]  # flat (row, j, hash) index of each colliding key
-    row_i = (
-        torch.arange(p * n, device=dev).repeat_interleave(nh) * m
-    )  # flat (row, i, hash) → (row · N + i) · M
-    col_j = torch.arange(m, device=dev).repeat_interleave(nh).repeat(p)  # flat (row, j, hash) → j
-    cell = row_i[query] + col_j[key]
+    # Pair t of query r is sorted key lo[r] + t - start[r], start[r] the first pair of r: one gather of a
+    # per-query word packing the query's output row (high 32 bits) and lo - start (low 32, signed) per pair.
+    start = torch.cumsum(count, 0) - count
+    pairs = int(count.sum())
+    first = torch.zeros(pairs + 1, dtype=torch.long, device=dev)
+    first.index_add_(0, start, torch.ones_like(start))  # queries without pairs mark the next one's start
+    query = (torch.cumsum(first[:pairs], 0) - 1).clamp_(min=0)
+    row = torch.arange(p * n, device=dev).repeat_interleave(nh) * m  # flat (row, i, hash) → (row · N + i) · M
+    word = torch.index_select((row << 32) + (lo - start), 0, query)
+    low = ((word + (1 << 31)) & ((1 << 32) - 1)) - (1 << 31)
+    col = torch.div(order % (m * nh), nh, rounding_mode="floor")  # key column j of each sorted key
+    cell = ((word - low) >> 32) + torch.index_select(col, 0, torch.arange(pairs, device=dev) + low)
     out = torch.zeros(p * n * m, device=dev, dtype=dtype)
     ones = torch.ones(1, device=dev, dtype=dtype).expand(len(cell))
-    return out.index_put_((cell,), ones, accumulate=True).view(p, n, m)
+    return out.index_add_(0, cell, ones).view(p, n, m)
 
 
 def mean_collisions(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
