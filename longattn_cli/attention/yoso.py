@@ -326,10 +326,12 @@ def cumulate(
 # ∂L/∂q_i = (τ/2) Σ_j c_ij (g_i·v_j) k_j and ∂L/∂k_j = (τ/2) Σ_i c_ij (g_i·v_j) q_i, with c_ij the fraction of
 # hashes in which query i and key j share a bucket (the paper's weighted LSH cumulation), and ∂L/∂v_j = Σ_i c_ij g_i.
 # Within one hash a bucket's queries and keys are a small dense attention problem: W = G Vᵀ, ∂q = W K, ∂k = Wᵀ Q.
-# So each hash's buckets are laid out side by side in *lanes* (the bucket's tokens gathered into consecutive rows,
-# widths rounded up to multiples of _WIDTH) and buckets of one width go through one batched matmul. A bucket too
-# big for that (cost quadratic in its size) takes the paper's d×d tables instead, Σ_j v_j k_jᵀ, in slots of
-# _SLOT lanes. Each token's row then gathers its lane's results (index_select). ∂v needs no lanes: it is
+# So the buckets of several hashes (a *chunk*: a block of heads in up to _CHUNK_ROWS // rows hashes) are laid out
+# side by side in *lanes* (the bucket's tokens gathered into consecutive rows, widths rounded up to multiples of
+# _WIDTH), and buckets of one width go through batched matmuls, a piece of at most _PIECE lanes at a time so that
+# the gathered inputs are still in cache when multiplied. A bucket too big for that (cost quadratic in its size)
+# takes the paper's d×d tables instead, Σ_j v_j k_jᵀ, in slots of _SLOT lanes. Each token's row then reads its
+# lanes' results, one per hash of the chunk, summed by one embedding_bag. ∂v needs no lanes: it is
 # the forward's cumulation with queries and keys swapped. Every sum is the same as the paper's; only the order of
 # the arithmetic differs. Short sequences skip the layout: the n×n collision counts C are cheap there, and the
 # three products are plain matmuls.
