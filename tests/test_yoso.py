@@ -240,6 +240,7 @@ ROUTES = {
     "split heads": {"_DENSE_MAX": 0, "_INSTANCES": 50},
     "split heads and hashes": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_BUDGET": 100},
     "one chunk per layout": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_LAYOUT_ROWS": 1},
+    "one hash per chunk": {"_DENSE_MAX": 0, "_CHUNK_ROWS": 1},
     "hashes per chunk, small pieces": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_CHUNK_ROWS": 10**6, "_PIECE": 8},
     "heads and hashes per chunk": {"_DENSE_MAX": 0, "_INSTANCES": 400, "_CHUNK_ROWS": 10**6},
 }
