@@ -468,16 +468,19 @@ class _Scratch:
         return x[:size].view(*shape)
 
 
+def _largest_divisor(total: int, most: int) -> int:
+    """The largest divisor of ``total`` that is at most ``most`` (at least 1)."""
+    return max(x for x in range(1, max(1, min(total, most)) + 1) if total % x == 0)
+
+
 def _heads_per_chunk(bh: int, n: int) -> int:
     """The largest divisor of B·H with at most _INSTANCES rows per block (at least one head)."""
-    most = max(1, _INSTANCES // n)
-    return max(x for x in range(1, min(bh, most) + 1) if bh % x == 0)
+    return _largest_divisor(bh, _INSTANCES // n)
 
 
 def _hashes_per_chunk(nh: int, rows: int) -> int:
     """The largest divisor of num_hash with at most _CHUNK_ROWS rows per chunk (at least one hash)."""
-    most = max(1, _CHUNK_ROWS // rows)
-    return max(x for x in range(1, min(nh, most) + 1) if nh % x == 0)
+    return _largest_divisor(nh, _CHUNK_ROWS // rows)
 
 
 def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
@@ -548,25 +551,26 @@ def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int, pe
     oq, ok = scratch("oq", size + 1, d), scratch("ok", size + 1, d)  # + a zero lane for rows without one
     oq[size].zero_()
     ok[size].zero_()
+
+    def gather(part: slice, width: int):  # q, g, k, v of the lanes in ``part``, (·, width, D) each
+        lanes = part.stop - part.start
+        qg = torch.index_select(src_qg, 0, chunk.rows_q[part], out=scratch("qg", lanes, 2 * d))
+        kv = torch.index_select(src_kv, 0, chunk.rows_k[part], out=scratch("kv", lanes, 2 * d))
+        return (*qg.view(-1, width, 2 * d).split(d, dim=2), *kv.view(-1, width, 2 * d).split(d, dim=2))
+
     for lane, count, width in chunk.classes:
         step = max(1, _PIECE // width)  # buckets per piece
         for first in range(0, count, step):
             c = min(step, count - first)
             part = slice(lane + first * width, lane + (first + c) * width)
-            qg = torch.index_select(src_qg, 0, chunk.rows_q[part], out=scratch("qg", c * width, 2 * d))
-            kv = torch.index_select(src_kv, 0, chunk.rows_k[part], out=scratch("kv", c * width, 2 * d))
-            q_, g_ = qg.view(c, width, 2 * d).split(d, dim=2)
-            k_, v_ = kv.view(c, width, 2 * d).split(d, dim=2)
+            q_, g_, k_, v_ = gather(part, width)
             w = torch.bmm(g_, v_.transpose(1, 2), out=scratch("w", c, width, width))  # (buckets, W, W)
             torch.bmm(w, k_, out=oq[part].view(c, width, d))
             torch.bmm(w.transpose(1, 2), q_, out=ok[part].view(c, width, d))
     if chunk.tables is not None:
         lane, bucket, nt = chunk.tables
         part = slice(lane, size)
-        qg = torch.index_select(src_qg, 0, chunk.rows_q[part], out=scratch("qg", size - lane, 2 * d))
-        kv = torch.index_select(src_kv, 0, chunk.rows_k[part], out=scratch("kv", size - lane, 2 * d))
-        q_, g_ = qg.view(-1, _SLOT, 2 * d).split(d, dim=2)
-        k_, v_ = kv.view(-1, _SLOT, 2 * d).split(d, dim=2)
+        q_, g_, k_, v_ = gather(part, _SLOT)
         vk = q_.new_zeros(nt, d, d).index_add_(0, bucket, v_.transpose(1, 2) @ k_)  # Σ v kᵀ per bucket
         torch.bmm(g_, vk.index_select(0, bucket), out=oq[part].view(-1, _SLOT, d))
         gq = q_.new_zeros(nt, d, d).index_add_(0, bucket, g_.transpose(1, 2) @ q_)  # Σ g qᵀ per bucket
@@ -574,11 +578,8 @@ def _accumulate(chunk: _Chunk, src_qg, src_kv, out_q, out_k, scratch, d: int, pe
     # Each row reads its lanes' sums, one per hash of the chunk: a gather and a sum in one embedding_bag (on
     # CPU several times faster than index_add_ from the lanes).
     rows = len(out_q)
-    for o, lanes, back in ((out_q, oq, chunk.back_q), (out_k, ok, chunk.back_k)):
-        if per == 1:
-            o += torch.index_select(lanes, 0, back, out=scratch("back", rows, d))
-        else:
-            o += F.embedding_bag(back.view(per, rows).t(), lanes, mode="sum")
+    out_q += F.embedding_bag(chunk.back_q.view(per, rows).t(), oq, mode="sum")
+    out_k += F.embedding_bag(chunk.back_k.view(per, rows).t(), ok, mode="sum")
 
 
 def _dense_cheaper(n: int) -> bool:
@@ -609,11 +610,10 @@ def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.f
     dev = codes_q.device
     span = int(max(codes_q.max(), codes_k.max())) + 1
     problem = (torch.arange(p, device=dev).view(p, 1, 1) * nh + torch.arange(nh, device=dev)) * span
-    small = p * nh * span < 1 << 31  # int32 keys sort twice as fast as int64
-    problem = problem.int() if small else problem
+    bins = p * nh * span
+    problem = problem.int() if bins < 1 << 31 else problem  # int32 keys sort twice as fast as int64
     keys, order = torch.sort((codes_k + problem).reshape(-1))
     keys, queries = keys.long(), (codes_q + problem).reshape(-1).long()
-    bins = p * nh * span
     if bins <= 4 * keys.numel():
         count = torch.bincount(keys, minlength=bins)
         lo, count = (torch.cumsum(count, 0) - count)[queries], count[queries]
@@ -626,7 +626,7 @@ def collision_counts(codes_q: torch.Tensor, codes_k: torch.Tensor, dtype=torch.f
     pairs = int(count.sum())
     first = torch.zeros(pairs + 1, dtype=torch.long, device=dev)
     first.index_add_(0, start, torch.ones_like(start))  # queries without pairs mark the next one's start
-    query = (torch.cumsum(first[:pairs], 0) - 1).clamp_(min=0)
+    query = torch.cumsum(first[:pairs], 0) - 1  # the first query starts at 0, so first[0] ≥ 1
     row = torch.arange(p * n, device=dev).repeat_interleave(nh) * m  # flat (row, i, hash) → (row · N + i) · M
     word = torch.index_select((row << 32) + (lo - start), 0, query)
     low = ((word + (1 << 31)) & ((1 << 32) - 1)) - (1 << 31)
