@@ -20,6 +20,8 @@ from longattn_cli.attention.yoso import (
     _Expectation,
     _hadamard,
     _LSHCumulation,
+    _sort_keys,
+    _Unit,
     collision_counts,
     collision_gradients,
     collision_probability,
@@ -299,6 +301,32 @@ def test_collision_counts_count_every_hash():
     )
     expected = (codes_q[:, :, None, :] == codes_k[:, None, :, :]).sum(-1).float()
     assert torch.equal(collision_counts(codes_q, codes_k), expected)
+
+
+def test_unit_rows_are_f_normalize_with_its_gradient():
+    # Two routes, one answer: our closed-form backward against autograd through F.normalize, on a transposed
+    # view (as the heads arrive from the projections) and with a zero row (F.normalize's ε branch).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3, 5, generator=gen, dtype=torch.float64).transpose(1, 2)
+    x[0, 1, 2] = 0
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ours, ref = (x.detach().clone().requires_grad_() for _ in range(2))
+    u = _Unit.apply(ours)
+    assert torch.equal(u, F.normalize(ref, dim=-1))  # bit for bit: the hash codes of q and k do not change
+    u.backward(grad)
+    F.normalize(ref, dim=-1).backward(grad)
+    assert_close(ours.grad, ref.grad)
+    assert torch.autograd.gradcheck(
+        _Unit.apply, (torch.randn(4, 6, dtype=torch.float64, requires_grad=True),)
+    )
+
+
+@pytest.mark.parametrize("bound", [2, 1 << 15, (1 << 15) + 1, 1 << 31, (1 << 31) + 1])
+def test_sort_keys_keep_the_order(bound):
+    x = torch.tensor([bound - 1, 0, bound // 2, bound - 1, 1]).clamp_(max=bound - 1)
+    keys = _sort_keys(x, bound)
+    assert torch.equal(keys.long(), x)
+    assert torch.equal(torch.sort(keys, stable=True)[1], torch.sort(x, stable=True)[1])
 
 
 def test_lsh_without_lsh_backward_uses_expectation_gradients():
