@@ -16,9 +16,11 @@ from torch.testing import assert_close
 
 from longattn_cli.attention import build_attention, make_settings
 from longattn_cli.attention.yoso import (
+    _WIDTH,
     YosoSettings,
     _Expectation,
     _hadamard,
+    _lane_widths,
     _LSHCumulation,
     _sort_keys,
     _Unit,
@@ -237,8 +239,8 @@ def test_cumulation_equals_explicit_collision_sums(n, tau, budget, monkeypatch):
 ROUTES = {
     "counts": {"_DENSE_MAX": 10**9},
     "lanes": {"_DENSE_MAX": 0},  # by cost: small buckets as attention, big ones as tables
-    "attention": {"_DENSE_MAX": 0, "_attends": lambda width, d: width >= 0},
-    "tables": {"_DENSE_MAX": 0, "_attends": lambda width, d: width < 0},
+    "attention": {"_DENSE_MAX": 0, "_attends": lambda wq, wk, d: wq >= 0},
+    "tables": {"_DENSE_MAX": 0, "_attends": lambda wq, wk, d: wq < 0},
     "split heads": {"_DENSE_MAX": 0, "_INSTANCES": 50},
     "split heads and hashes": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_BUDGET": 100},
     "one chunk per layout": {"_DENSE_MAX": 0, "_INSTANCES": 1, "_LAYOUT_ROWS": 1},
@@ -275,6 +277,36 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, layou
     assert_close(gq, w @ k)
     assert_close(gk, w.transpose(-1, -2) @ q)
     assert_close(gv, c.transpose(-1, -2) @ g)
+
+
+@pytest.mark.parametrize("route", ["lanes", "attention", "tables", "hashes per chunk, small pieces"])
+def test_lsh_backward_sums_are_exact_for_lopsided_buckets(route, monkeypatch):
+    """A model's queries and keys are not isotropic: most queries may share one bucket and most keys another.
+    Such buckets get a width per side (and balanced ones one width): the sums stay the paper's."""
+    for name, value in ROUTES[route].items():
+        monkeypatch.setattr(f"longattn_cli.attention.yoso.{name}", value)
+    gen = torch.Generator().manual_seed(7)
+    n, d, nh = 300, 8, 4
+    codes_q, codes_k = (
+        torch.randint(0, 8, (1, 2, n, nh), generator=gen, dtype=torch.int32) for _ in range(2)
+    )
+    codes_q[torch.rand(codes_q.shape, generator=gen) < 0.8] = 0  # ~240 queries and ~8 keys in bucket 0
+    codes_k[torch.rand(codes_k.shape, generator=gen) < 0.8] = 1  # and the other way round in bucket 1
+    q, k, v, g = (torch.randn(1, 2, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)
+    w = c * (g @ v.transpose(-1, -2))
+    gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
+    assert_close(gq, w @ k)
+    assert_close(gk, w.transpose(-1, -2) @ q)
+    assert_close(gv, c.transpose(-1, -2) @ g)
+
+
+def test_lane_widths_are_powers_of_two_at_or_above_the_count():
+    counts = torch.arange(1, 2000)
+    widths = _lane_widths(counts)
+    assert (widths >= counts).all() and (widths >= _WIDTH).all()
+    assert ((widths & (widths - 1)) == 0).all()
+    assert (widths[counts > _WIDTH] < 2 * counts[counts > _WIDTH]).all()
 
 
 def test_lsh_forward_and_backward_agree_on_both_routes(monkeypatch):
