@@ -444,7 +444,7 @@ def _layout(
     wq = torch.where(attend, aq, torch.where(table, (cq + _SLOT - 1) // _SLOT * _SLOT, 0))
     wk = torch.where(attend, ak, torch.where(table, (ck + _SLOT - 1) // _SLOT * _SLOT, 0))
     # Within a chunk: attention buckets by class, then the table ones, then those without partners (no lanes).
-    wide = 2 * rows + _SLOT + 1  # above every width (a side's lanes are under 1.5x its tokens)
+    wide = 2 * rows + _SLOT + 1  # above every width (a side's lanes are under twice its tokens, or a slot)
     kinds = wide * wide + 2
     cls = torch.where(attend, aq * wide + ak, torch.where(table, wide * wide, wide * wide + 1))
     order = torch.argsort(chunk * kinds + cls)
