@@ -250,6 +250,17 @@ ROUTES = {
 }
 
 
+def assert_paper_sums(codes_q, codes_k, q, k, v, g):
+    """collision_gradients gives Σ_j c_ij (g_i·v_j) k_j, Σ_i c_ij (g_i·v_j) q_i and Σ_i c_ij g_i exactly, with
+    c_ij the fraction of hashes where i and j collide (computed here from all n×n pairs)."""
+    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)  # (B, H, N, N)
+    w = c * (g @ v.transpose(-1, -2))
+    gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
+    assert_close(gq, w @ k)
+    assert_close(gk, w.transpose(-1, -2) @ q)
+    assert_close(gv, c.transpose(-1, -2) @ g)
+
+
 @pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("n,tau,d", [(60, 3, 4), (12, 9, 4), (200, 4, 8), (70, 2, 16)])
 @pytest.mark.parametrize("layout", ["contiguous", "heads transposed"])
@@ -271,12 +282,7 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, layou
         q, k, v, g = (
             torch.randn(2, n, 3, d, generator=gen, dtype=torch.float64).transpose(1, 2) for _ in range(4)
         )
-    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)  # (B, H, N, N)
-    w = c * (g @ v.transpose(-1, -2))
-    gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
-    assert_close(gq, w @ k)
-    assert_close(gk, w.transpose(-1, -2) @ q)
-    assert_close(gv, c.transpose(-1, -2) @ g)
+    assert_paper_sums(codes_q, codes_k, q, k, v, g)
 
 
 @pytest.mark.parametrize("route", ["lanes", "attention", "tables", "hashes per chunk, small pieces"])
@@ -293,12 +299,7 @@ def test_lsh_backward_sums_are_exact_for_lopsided_buckets(route, monkeypatch):
     codes_q[torch.rand(codes_q.shape, generator=gen) < 0.8] = 0  # ~240 queries and ~8 keys in bucket 0
     codes_k[torch.rand(codes_k.shape, generator=gen) < 0.8] = 1  # and the other way round in bucket 1
     q, k, v, g = (torch.randn(1, 2, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
-    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)
-    w = c * (g @ v.transpose(-1, -2))
-    gq, gk, gv = collision_gradients(codes_q, codes_k, q, k, v, g)
-    assert_close(gq, w @ k)
-    assert_close(gk, w.transpose(-1, -2) @ q)
-    assert_close(gv, c.transpose(-1, -2) @ g)
+    assert_paper_sums(codes_q, codes_k, q, k, v, g)
 
 
 def test_lane_widths_are_powers_of_two_at_or_above_the_count():
