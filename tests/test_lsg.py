@@ -426,3 +426,63 @@ def test_recomputed_chunks_replay_the_forwards_dropout():
     assert results[0][0].ne(0).any()
     for a, b in zip(*results, strict=True):
         assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention dropout on CPU: the blocks run through DroppedSoftmax with masks from drop_mask (torch's CPU
+# SDPA has no fused kernel with dropout).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_dropped_softmax_is_dropout_of_the_softmax_with_exact_gradients():
+    """Against dropout written out with the same mask, hidden keys included; gradients by gradcheck."""
+    from longattn_cli.attention.lsg import DroppedSoftmax, drop_mask
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, rows, 3, dtype=torch.float64, generator=gen) for rows in (4, 7, 7))
+    hidden = torch.rand(5, 1, 7, generator=gen) < 0.3
+    hidden[:, :, 0] = False  # every row sees a key
+    torch.manual_seed(1)
+    drop, scale = drop_mask((5, 4, 7), 0.3, "cpu")
+    assert drop.any() and not drop.all()
+    want = (q @ k.transpose(1, 2) / math.sqrt(3)).masked_fill(hidden, float("-inf")).softmax(-1)
+    assert_close(DroppedSoftmax.apply(q, k, v, hidden, drop, scale), (want * ~drop * scale) @ v)
+    inputs = [x.requires_grad_() for x in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda *x: DroppedSoftmax.apply(*x, hidden, drop, scale), inputs)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_drop_masks_drop_at_the_rate_and_keep_the_expectation(p):
+    from longattn_cli.attention.lsg import drop_mask
+
+    torch.manual_seed(0)
+    drop, scale = drop_mask((1000, 1001), p, "cpu")
+    rate = 1 - 1 / scale  # the rate rounded to a multiple of 2^-15: the kept values' expectation is exact
+    assert abs(rate - p) <= 2**-16
+    assert abs(drop.double().mean().item() - rate) < 5 * math.sqrt(p * (1 - p) / drop.numel())
+    # every quarter of a 64-bit draw drops at the same rate (three span 16 bits, the top one 15)
+    quarters = drop.view(-1)[: 4 * (drop.numel() // 4)].view(-1, 4).double().mean(0)
+    assert (quarters - rate).abs().max() < 5 * math.sqrt(p * (1 - p) / (drop.numel() / 4))
+    torch.manual_seed(0)
+    assert torch.equal(drop_mask((1000, 1001), p, "cpu")[0], drop)  # torch's generator: reproducible
+    everything, zero = drop_mask((7,), 1.0, "cpu")
+    assert everything.all() and zero == 0.0
+    nothing, one = drop_mask((7,), 0.0, "cpu")
+    assert not nothing.any() and one == 1.0
+
+
+def test_training_with_dropout_that_drops_nothing_is_the_fused_route():
+    """The CPU dropout route with a rate that rounds to zero gives the SDPA route's outputs and gradients
+    (evaluation mode), with padding in the middle."""
+    results = []
+    for train in (True, False):
+        att = build_attention("lsg", settings(), 3, 8, dropout=1e-6).train(train)
+        q, k, v = (x.requires_grad_() for x in qkv(2, 2 + 45, seed=3))
+        mask = torch.ones(2, 47, dtype=torch.bool)
+        mask[1, 20:26] = False
+        torch.manual_seed(0)  # the global queries' SDPA draws its own mask (at this rate: keeps everything)
+        out = att(q, k, v, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), q.grad, k.grad, v.grad])
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, rtol=1e-5, atol=1e-6)

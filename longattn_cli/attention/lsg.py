@@ -20,14 +20,19 @@ Where ``block_size / sparsity_factor`` is 1 the published code's right sparse wi
 
 Rows are right-aligned internally (real tokens first), so left padding and padding in the middle see the same
 blocks as the unpadded input, and padding never changes the output at real tokens.
+
+The blocks' attention is torch's SDPA (fused kernels), except in training with attention dropout on CPU, where
+SDPA would take its math path: there :class:`DroppedSoftmax` does the same with cheaper masks (:func:`drop_mask`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from longattn_cli.attention.base import Attention, register, softmax_flops
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
@@ -172,8 +177,12 @@ class LSGAttention(Attention):
         windows = ()
         if sparse:
             sbs, step, width = self._sparse_span()
-            spans = [_windows(x, width, step) for x in sparse]  # (B, H, blocks, width, ·)
-            windows = tuple(w for x in spans for w in (x[..., :sbs, :], x[..., width - sbs :, :]))
+            # Each block's left and right sparse windows, the two ends of its span (B, H, blocks, sbs, ·):
+            # unfolded apart, so the backward never fills the whole spans with zeros.
+            span = (stop - first - 1) * step + sbs  # the slots of all blocks' left (or right) windows
+            windows = tuple(
+                _windows(w, sbs, step) for x in sparse for w in (x[:, :, :span], x[:, :, width - sbs :])
+            )
         return self._blocks(q, k, v, m, len(windows) // 3, kg, vg, *windows)
 
     def _blocks(self, q, kp, vp, mp, sparse, kg, vg, *windows):
@@ -192,9 +201,15 @@ class LSGAttention(Attention):
         # the math path, 3-4x slower on CPU).
         k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
         m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, h * blocks, bs, d), k4, v4, attn_mask=m4, dropout_p=p
-        )
+        q4 = q.reshape(b, h * blocks, bs, d)
+        if p > 0 and q.device.type == "cpu":
+            # torch's CPU SDPA has no fused kernel with dropout (its math path draws the mask with
+            # bernoulli_, a quarter of an LSG training step): the same attention, with a cheaper mask.
+            flat = [x.flatten(0, 1) for x in (q4, k4, v4)]
+            drop, scale = drop_mask((b * h * blocks, bs, k4.shape[2]), p, q.device)
+            out = DroppedSoftmax.apply(*flat, ~m4.flatten(0, 1), drop, scale)
+        else:
+            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4, dropout_p=p)
         return out.reshape(b, h, length, d)
 
     def _per_block(self, xp, xg, sparse):
@@ -208,8 +223,8 @@ class LSGAttention(Attention):
         bs = self.settings.block_size
         nb, g = n // bs - 2, xg.shape[2]
         h = max(h, *(p.shape[1] for p in sparse)) if sparse else h
-        xb = xp.unflatten(2, (nb + 2, bs))  # (B, H, nb + 2, bs, D)
-        parts = [xg[:, :, None].expand(b, h, nb, g, d), *sparse, xb[:, :, :-2], xb[:, :, 1:-1], xb[:, :, 2:]]
+        local = _windows(xp, 3 * bs, bs)  # (B, H, nb, 3·bs, D): previous, own and next block
+        parts = [xg[:, :, None].expand(b, h, nb, g, d), *sparse, local]
         return torch.cat([x.expand(b, h, nb, -1, d) for x in parts], dim=3)
 
     def _compress(self, bos, k, v, m):
@@ -284,6 +299,58 @@ class _Chunked(torch.autograd.Function):
                     if gx is not None:
                         buf += gx
         return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
+
+
+def drop_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:
+    """A dropout mask (True: dropped) of rate ``p`` rounded to a multiple of 2^-15, and the scale of the kept
+    values, 1 / (1 - rounded rate), so that the expectation stays exact.
+
+    Four draws come from each 64-bit integer of torch's generator (reproducible under ``torch.manual_seed``
+    and ``get_rng_state``), one comparison each: about a third of ``bernoulli_``'s time on CPU. ``random_``
+    draws 63 bits, so three of the 16-bit quarters are uniform on [-2^15, 2^15) and the top one on [0, 2^15).
+    """
+    count = math.prod(shape)
+    threshold = round(p * (1 << 15))
+    if threshold >= 1 << 15:
+        return torch.ones(shape, dtype=torch.bool, device=device), 0.0
+    words = torch.empty(-(-count // 4), dtype=torch.int64, device=device).random_()
+    limits = [2 * threshold - (1 << 15)] * 4
+    limits[3 if sys.byteorder == "little" else 0] = threshold
+    limits = torch.tensor(limits, dtype=torch.int16, device=device)
+    drop = (words.view(torch.int16).view(-1, 4) < limits).view(-1)[:count].view(shape)
+    return drop, 1 / (1 - threshold / (1 << 15))
+
+
+class DroppedSoftmax(torch.autograd.Function):
+    """``scale · (softmax(q·kᵀ/√d) ⊙ keep) · v`` on (N, rows, D) batches: attention with dropout for a
+    given ``drop`` mask (N, rows, keys) and ``scale`` of the kept probabilities (:func:`drop_mask`), keys
+    where ``hidden`` (N, 1, keys) is True left out. SDPA's math path written out, with two passes fewer
+    over the probabilities: the backward needs only the probabilities and the kept ones, which it keeps.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, hidden, drop, scale):
+        q = q * (1 / math.sqrt(q.shape[-1]))
+        scores = torch.bmm(q, k.transpose(1, 2)).masked_fill_(hidden, torch.finfo(q.dtype).min)
+        probs = scores.softmax(dim=-1)
+        del scores
+        kept = torch.where(drop, 0.0, probs)
+        ctx.save_for_backward(q, k, v, probs, kept)
+        ctx.scale = scale
+        return torch.bmm(kept, v).mul_(scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, probs, kept = ctx.saved_tensors  # q already divided by √d
+        grad = grad * ctx.scale
+        gv = torch.bmm(kept.transpose(1, 2), grad)
+        # d(scores) = probs ⊙ (d probs - Σ probs ⊙ d probs), where d probs = keep ⊙ (grad · vᵀ): with
+        # t = kept ⊙ (grad · vᵀ) that is t - probs · Σ t (dropped and hidden keys give 0).
+        t = torch.bmm(grad, v.transpose(1, 2)).mul_(kept)
+        gs = t.addcmul_(probs, t.sum(dim=-1, keepdim=True), value=-1)
+        gq = torch.bmm(gs, k).mul_(1 / math.sqrt(q.shape[-1]))
+        return gq, torch.bmm(gs.transpose(1, 2), q), gv, None, None, None
 
 
 def _at(where, q, k, v, kg, vg, *compressed):
