@@ -1,0 +1,44 @@
+"""The least arithmetic of YOSO's exact LSH backward sums, per route, on random inputs:
+
+    python scripts/lsh_backward_arithmetic.py 4096 16384 65536
+
+Per bucket of n_q queries and n_k keys (one head, one hash) the sums take the cheaper of the in-bucket
+products, 6·d·n_q·n_k, and the paper's d×d tables, 4·d²·(n_q + n_k); 12 heads × 64, τ 8, 32 hashes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from longattn_cli.attention import make_settings
+from longattn_cli.attention.yoso import hash_codes
+
+
+def counts(codes: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Tokens per bucket, (heads · hashes, buckets), from codes (1, H, N, hashes)."""
+    c = codes[0].permute(0, 2, 1).reshape(-1, codes.shape[2]).long()
+    c = c + torch.arange(c.shape[0])[:, None] * buckets
+    return torch.bincount(c.view(-1), minlength=c.shape[0] * buckets).view(-1, buckets).double()
+
+
+def main(lengths: list[int], heads: int = 12, d: int = 64) -> None:
+    s = make_settings(
+        "yoso", {"use_expectation": False, "hash_code_len": 8, "num_hash": 32, "lsh_backward": True}
+    )
+    for n in lengths:
+        torch.manual_seed(0)
+        q, k = (F.normalize(torch.randn(1, heads, n, d), dim=-1) for _ in range(2))
+        cq, ck = hash_codes(q, k, s)
+        nq, nk = counts(cq, 2**s.hash_code_len), counts(ck, 2**s.hash_code_len)
+        inside, tables = 6 * d * nq * nk, 4 * d * d * (nq + nk)
+        print(
+            f"n={n:,}: in-bucket {inside.sum() / 1e9:.1f} GFLOP, tables {tables.sum() / 1e9:.1f}, "
+            f"cheaper per bucket {torch.minimum(inside, tables).sum() / 1e9:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main([int(x) for x in sys.argv[1:]] or [4096, 16384])
