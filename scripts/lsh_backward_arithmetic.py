@@ -4,6 +4,10 @@
 
 Per bucket of n_q queries and n_k keys (one head, one hash) the sums take the cheaper of the in-bucket
 products, 6·d·n_q·n_k, and the paper's d×d tables, 4·d²·(n_q + n_k); 12 heads × 64, τ 8, 32 hashes.
+The last column is the least arithmetic of the benchmark's whole layer step in training: those sums, the four
+C×C projections (2·n·C² forward and 4·n·C² backward each, C = 768) and hashing q and k (2·n·d·hashes·τ
+each, per head), and its growth from the previous length: what the step's time would grow by if both lengths
+ran at the same rate.
 """
 
 from __future__ import annotations
@@ -28,16 +32,22 @@ def main(lengths: list[int], heads: int = 12, d: int = 64) -> None:
     s = make_settings(
         "yoso", {"use_expectation": False, "hash_code_len": 8, "num_hash": 32, "lsh_backward": True}
     )
+    last = None
     for n in lengths:
         torch.manual_seed(0)
         q, k = (F.normalize(torch.randn(1, heads, n, d), dim=-1) for _ in range(2))
         cq, ck = hash_codes(q, k, s)
         nq, nk = counts(cq, 2**s.hash_code_len), counts(ck, 2**s.hash_code_len)
         inside, tables = 6 * d * nq * nk, 4 * d * d * (nq + nk)
+        cheaper = torch.minimum(inside, tables).sum().item()
+        c = heads * d
+        step = cheaper + 24 * n * c * c + heads * 2 * 2 * n * d * s.num_hash * s.hash_code_len
+        growth = "" if last is None else f" ({step / last:.2f}x)"
         print(
             f"n={n:,}: in-bucket {inside.sum() / 1e9:.1f} GFLOP, tables {tables.sum() / 1e9:.1f}, "
-            f"cheaper per bucket {torch.minimum(inside, tables).sum() / 1e9:.1f}"
+            f"cheaper per bucket {cheaper / 1e9:.1f}; layer step {step / 1e9:.1f}{growth}"
         )
+        last = step
 
 
 if __name__ == "__main__":
