@@ -296,10 +296,9 @@ def _rows(codes: torch.Tensor, capacity: int, first: int, last: int) -> torch.Te
     k = last - first
     wide = p * k * capacity >= 1 << 31
     kind = torch.long if wide else torch.int32
-    offset = torch.arange(p, device=codes.device, dtype=kind).view(p, 1, 1) * capacity + torch.arange(
-        k, device=codes.device, dtype=kind
-    ) * (p * capacity)
-    return torch.add(codes[..., first:last].to(kind), offset).view(p * n, k)
+    problem = torch.arange(p, device=codes.device, dtype=kind).view(p, 1, 1) * capacity
+    hashes = torch.arange(k, device=codes.device, dtype=kind) * (p * capacity)
+    return torch.add(codes[..., first:last].to(kind), problem + hashes).view(p * n, k)
 
 
 def _table_rows(
