@@ -3,7 +3,7 @@ PYTHON ?= python3
 # an existing torch (a CUDA build on a GPU machine, say) is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all lint bench demo
+.PHONY: install test test-slow test-minimum test-all lint bench demo
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -11,6 +11,20 @@ install:
 
 test:
 	$(PYTHON) -m pytest
+
+# The slow-marked cases (real multi-process launches, the GPU check's CPU run, OOM and restart paths).
+test-slow:
+	$(PYTHON) -m pytest -m "slow and not gpu"
+
+# The smoke set on the lowest declared versions (.ci/minimum-versions.txt), in a fresh virtual environment.
+MINIMUM_VENV ?= .venv-minimum
+test-minimum:
+	rm -rf $(MINIMUM_VENV)
+	$(PYTHON) -m venv $(MINIMUM_VENV)
+	$(MINIMUM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(MINIMUM_VENV)/bin/python -m pip install -q -c .ci/minimum-versions.txt -e ".[dev]"
+	$(MINIMUM_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|accelerate|datasets) '
+	$(MINIMUM_VENV)/bin/python -m pytest -m smoke
 
 test-all:
 	$(PYTHON) -m pytest -m "not gpu"
@@ -25,4 +39,4 @@ demo:
 # The README's Performance table; e.g. make bench BENCH_ARGS="--scope model --lengths 1024,2048"
 BENCH_ARGS ?= --scope layer --lengths 512,1024,2048 --reference
 bench:
-	$(PYTHON) -m longattn_cli benchmark $(BENCH_ARGS) --json bench.json --csv bench.csv
+	$(PYTHON) -m longattn_cmd benchmark $(BENCH_ARGS) --json bench.json --csv bench.csv

@@ -1,38 +1,34 @@
 """longattn: transformer encoders with efficient long-sequence attention.
 
-Importing the package registers the ``longattn`` model family with transformers' Auto classes (as soon as
-transformers is imported; see :mod:`longattn_cli.models.autoregister`), and is itself cheap: torch and transformers
-load only when a model is used.
+``import longattn_cli`` registers the ``longattn`` model family with transformers' Auto classes (see
+:mod:`longattn_cli.models.auto`), so a checkpoint longattn wrote loads with ``AutoModel*.from_pretrained``,
+``pipeline(...)`` and ``SentenceTransformer(...)``. It imports torch and transformers to do so; the
+``longattn`` command starts from :mod:`longattn_cmd`, which imports neither until a command needs them.
 """
 
 __version__ = "0.1.0"
 
-from longattn_cli.models import autoregister as _autoregister  # noqa: E402
+from longattn_cli.models import auto as _auto  # noqa: E402
+from longattn_cli.models.checkpoints import export_roberta, load_model, load_tokenizer  # noqa: E402
+from longattn_cli.models.modeling import (  # noqa: E402
+    LongAttnConfig,
+    LongAttnForMaskedLM,
+    LongAttnForReplacedTokenDetection,
+    LongAttnForSequenceClassification,
+    LongAttnForTokenClassification,
+    LongAttnModel,
+)
 
-_autoregister.install()
+_auto.register()
 
-_MODELS = (
+__all__ = [
     "LongAttnConfig",
     "LongAttnModel",
     "LongAttnForMaskedLM",
     "LongAttnForSequenceClassification",
     "LongAttnForTokenClassification",
-)
-
-
-_CHECKPOINTS = ("load_model", "load_tokenizer", "export_roberta")
-
-
-def __getattr__(name: str):
-    if name in _MODELS:
-        from longattn_cli.models import modeling
-
-        return getattr(modeling, name)
-    if name in _CHECKPOINTS:
-        from longattn_cli.models import checkpoints
-
-        return getattr(checkpoints, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [*_MODELS, *_CHECKPOINTS]
+    "LongAttnForReplacedTokenDetection",
+    "load_model",
+    "load_tokenizer",
+    "export_roberta",
+]

@@ -1,6 +1,6 @@
-"""``python -m longattn_cli`` (and ``accelerate launch -m longattn_cli``) run the CLI."""
+"""``python -m longattn_cli`` (and ``accelerate launch -m longattn_cli``) run the ``longattn`` command line."""
 
-from longattn_cli.cli import main
+from longattn_cmd.cli import main
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ def main(out: str = "runs/demo") -> None:
     train_bpe_tokenizer(root / "tokenizer")
     tiny_reference("roberta", root / "roberta-tiny", tokenizer_dir=root / "tokenizer")
     print(f"tiny random RoBERTa checkpoint written to {root / 'roberta-tiny'}")
-    from longattn_cli.cli import main as cli
+    from longattn_cmd.cli import main as cli
 
     cli(
         [

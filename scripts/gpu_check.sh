@@ -21,7 +21,7 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 note() { echo "[$(date +%T)] $*" | tee -a "$SUMMARY"; }
 
-if ! $PY -c "import longattn_cli.cli" 2>/dev/null; then
+if ! $PY -c "import longattn_cmd.cli" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null && ! $PY -c "import torch" 2>/dev/null; then
         spec=torch  # the registry's default build, CUDA on Linux
     else
@@ -60,7 +60,7 @@ if [ "${GPU_CHECK_CPU:-0}" != 1 ] && $PY -c "import torch, sys; sys.exit(not tor
     # Paper-scale ListOps takes a few minutes to generate on one core: start it now, beside steps 1-3.
     if [ ! -f data/lra/listops/train.jsonl ]; then
         rm -rf data/lra/listops
-        (timeout 400 $PY -m longattn_cli data listops --out data/lra/listops > "$OUT/listops-data.log" 2>&1 &&
+        (timeout 400 $PY -m longattn_cmd data listops --out data/lra/listops > "$OUT/listops-data.log" 2>&1 &&
             touch "$OUT/listops-data.done" &)
     else
         touch "$OUT/listops-data.done"
@@ -78,7 +78,7 @@ else
     PRE=(data.max_length=256 data.max_examples=40 model.vocab_size=512 training.max_steps=12 training.save_every=2
         training.log_every=1 training.batch_size=2 "data.cache_dir=$OUT/cache")
     LRA_DATA=$OUT/listops-tiny
-    $PY -m longattn_cli data listops --out "$LRA_DATA" --train 32 --validation 8 --test 8 --min-length 20 \
+    $PY -m longattn_cmd data listops --out "$LRA_DATA" --train 32 --validation 8 --test 8 --min-length 20 \
         --max-length 200 > "$OUT/listops-data.log" 2>&1
     LRA=(--scale paper data.max_length=256 training.max_steps=2 training.warmup_steps=1 training.batch_size=4
         training.eval_every=2 training.save_every=1 "data.cache_dir=$OUT/cache")
@@ -88,7 +88,7 @@ fi
 step tests "$(cap 120)" $PY -m pytest -m gpu -q -p no:cacheprovider
 
 # 2. the benchmark
-step bench "$(cap 200)" $PY -m longattn_cli benchmark "${BENCH[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
+step bench "$(cap 200)" $PY -m longattn_cmd benchmark "${BENCH[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
 
 # 3. SIGTERM and exact resume: the same run uninterrupted and stopped at its first checkpoint, then resumed
 step resume "$(cap 150)" bash scripts/resume_check.sh "$OUT" "${PRE[@]}"
@@ -101,10 +101,10 @@ if [ "$GPU" = 1 ]; then
         sleep 1
     done
 fi
-step lra "$(($(left) - 10))" $PY -m longattn_cli lra run listops "${LRA[@]}" --data "$LRA_DATA" -o "$OUT/lra-paper"
+step lra "$(($(left) - 10))" $PY -m longattn_cmd lra run listops "${LRA[@]}" --data "$LRA_DATA" -o "$OUT/lra-paper"
 done_runs=$(compgen -G "$OUT/lra-paper/*/summary.json" | xargs -r -n1 dirname)
 if [ -n "$done_runs" ]; then
     # shellcheck disable=SC2086
-    $PY -m longattn_cli lra report $done_runs --save "$OUT/lra-report" >> "$OUT/lra.log" 2>&1
+    $PY -m longattn_cmd lra report $done_runs --save "$OUT/lra-report" >> "$OUT/lra.log" 2>&1
 fi
 note "done in $(($(date +%s) - START)) s; finished ListOps runs: $(echo "$done_runs" | grep -c . || true)"

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--attention", default="softmax")
     args = parser.parse_args()
-    cli = [sys.executable, "-m", "longattn_cli"]
+    cli = [sys.executable, "-m", "longattn_cmd"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "listops"
         subprocess.run(

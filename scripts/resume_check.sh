@@ -7,8 +7,8 @@ set -uo pipefail
 OUT=$1
 shift
 PY=${PYTHON:-python3}
-$PY -m longattn_cli pretrain "$@" "training.output_dir=$OUT/pretrain-a" || exit $?
-$PY -m longattn_cli pretrain "$@" "training.output_dir=$OUT/pretrain-b" &
+$PY -m longattn_cmd pretrain "$@" "training.output_dir=$OUT/pretrain-a" || exit $?
+$PY -m longattn_cmd pretrain "$@" "training.output_dir=$OUT/pretrain-b" &
 pid=$!
 sent=no
 for _ in $(seq 1 600); do
@@ -22,7 +22,7 @@ done
 wait "$pid"
 rc=$?
 echo "first leg of B: exit $rc (143: stopped by SIGTERM after saving); signal sent: $sent"
-$PY -m longattn_cli pretrain "$@" "training.output_dir=$OUT/pretrain-b" --resume latest || exit $?
+$PY -m longattn_cmd pretrain "$@" "training.output_dir=$OUT/pretrain-b" --resume latest || exit $?
 $PY - "$OUT" "$rc" << 'PYEOF'
 import json
 import sys

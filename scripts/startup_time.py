@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    cli = [sys.executable, "-m", "longattn_cli"]
+    cli = [sys.executable, "-m", "longattn_cmd"]
     print(f"{'command':<42} {'median (s)':>10} {'min':>6} {'max':>6}")
     for label, argv in COMMANDS.items():
         full = argv if argv[0] == sys.executable else cli + argv

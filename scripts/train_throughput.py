@@ -55,7 +55,7 @@ def ours(mechanism: str, args, work: Path) -> float:
     ]
     over += [f"model.attention_settings.{k}={v}" for k, v in SETTINGS.get(mechanism, {}).items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, "-m", "longattn_cli", "pretrain", *over], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "longattn_cmd", "pretrain", *over], check=True, env=env, cwd=ROOT)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     first, last = lines[args.warmup - 1], lines[-1]
     tokens = (last["step"] - first["step"]) * args.batch_size * args.max_length

@@ -2,7 +2,7 @@
 
 import pytest
 
-from longattn_cli.cli import main
+from longattn_cmd.cli import main
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

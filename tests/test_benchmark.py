@@ -510,3 +510,34 @@ def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monke
     labels = {p["label"] for p in data["points"]}
     assert {"softmax-sdpa", "nystrom", "lsg-norm", "yoso-lsh-ebwd", "hf-roberta-sdpa"} <= labels
     assert "lsg-pooling" not in labels and "The full one" in out and benchmark.FULL_COMMAND in out
+
+
+@pytest.mark.parametrize("mechanism", ["softmax", "yoso", "nystrom", "lsg"])
+def test_the_layer_scope_times_the_models_own_attention_half(mechanism):
+    """What ``--scope layer`` runs equals the attention half inside the model's own layer call (the input of
+    the feed-forward), caught with a hook: a change to ``LongAttnLayer.forward`` that the benchmark does not
+    follow fails here."""
+    from longattn_cli.bench.point import AttentionBlock
+    from longattn_cli.models.modeling import LongAttnConfig, LongAttnLayer
+
+    config = LongAttnConfig(
+        hidden_size=32, num_attention_heads=4, intermediate_size=48, attention=mechanism,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    if mechanism == "lsg":
+        config.set_attention(block_size=8, sparse_block_size=8)
+    torch.manual_seed(0)
+    layer = LongAttnLayer(config).eval()
+    x = torch.randn(2, 40, 32)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    seen = []
+    hook = layer.intermediate.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        whole = layer(x, mask)
+        hook.remove()
+        block = AttentionBlock(layer)(x, mask)
+        torch.testing.assert_close(block, seen[0], rtol=0, atol=0)
+        torch.testing.assert_close(
+            layer.output_norm(block + layer.output(layer.act(layer.intermediate(block)))), whole
+        )

@@ -30,6 +30,7 @@ def real(x, mask):
     return x[mask.bool()]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("family", ["roberta", "bert"])
 def test_mlm_logits_match_reference_with_padding(family, tmp_path, bpe_dir, wordpiece_dir):
     tok_dir = bpe_dir if family == "roberta" else wordpiece_dir
@@ -112,6 +113,7 @@ def test_bare_roberta_model_loads_as_masked_lm_with_new_head(tmp_path, bpe_dir):
         )
 
 
+@pytest.mark.smoke
 def test_saved_model_reloads_through_auto_classes_as_safetensors(tmp_path, bpe_dir):
     tiny_reference("roberta", tmp_path / "src", "ForMaskedLM", tokenizer_dir=bpe_dir)
     ours = load_model(str(tmp_path / "src"))
@@ -129,6 +131,7 @@ def test_saved_model_reloads_through_auto_classes_as_safetensors(tmp_path, bpe_d
     assert type(cls).__name__ == "LongAttnForSequenceClassification"
 
 
+@pytest.mark.smoke
 def test_export_to_roberta_round_trips(tmp_path, bpe_dir):
     ref = tiny_reference("roberta", tmp_path / "src", "ForMaskedLM", tokenizer_dir=bpe_dir)
     ours = load_model(str(tmp_path / "src"))

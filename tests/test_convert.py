@@ -19,6 +19,7 @@ from longattn_cli.testing import tiny_lsg_checkpoint, tiny_reference
 LSG = {"block_size": 16, "sparse_block_size": 16, "num_global_tokens": 3}
 
 
+@pytest.mark.smoke
 def test_roberta_to_lsg_follows_the_published_rules(roberta_dir, tmp_path):
     out, src, model, tok = convert(str(roberta_dir), 1000, tmp_path / "long", attention_settings=LSG)
     cfg = json.loads((out / "config.json").read_text())
@@ -181,6 +182,7 @@ def test_failed_conversion_leaves_nothing(roberta_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.smoke
 def test_cli_convert_with_check_and_overwrite(roberta_dir, tmp_path, capsys):
     out = tmp_path / "long"
     args = [

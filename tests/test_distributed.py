@@ -32,7 +32,7 @@ LAUNCH = [
     "--dynamo_backend",
     "no",
     "-m",
-    "longattn_cli",
+    "longattn_cmd",
     "pretrain",
 ]
 
@@ -187,7 +187,7 @@ def test_a_non_finite_loss_stops_both_processes_with_one_error_and_keeps_the_las
 
 @pytest.mark.slow
 def test_resuming_with_another_number_of_processes_fails_fast(tmp_path):
-    from longattn_cli.cli import main
+    from longattn_cmd.cli import main
 
     corpus = docs_corpus(tmp_path)
     out = tmp_path / "run"
@@ -313,7 +313,7 @@ def launch_two_machines(out, corpus, cache, *extra):
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
             "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "longattn_cli", "pretrain", *TINY, f"data.source={corpus}", f"data.cache_dir={cache}",
+            "-m", "longattn_cmd", "pretrain", *TINY, f"data.source={corpus}", f"data.cache_dir={cache}",
             f"training.output_dir={out}", "training.max_steps=6", "training.save_every=3", *extra,
         ]  # fmt: skip
         procs.append(

@@ -16,6 +16,7 @@ def assert_same(ours, theirs):
     assert [p["score"] for p in ours] == pytest.approx([p["score"] for p in theirs], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("which,mask", [("roberta", "<mask>"), ("bert", "[MASK]")])
 def test_predictions_equal_reference_pipeline(which, mask, roberta_dir, bert_dir):
     path = roberta_dir if which == "roberta" else bert_dir
@@ -43,6 +44,7 @@ def test_predictions_equal_reference_pipeline(which, mask, roberta_dir, bert_dir
                 assert [p["sequence"].lower() for p in a] == [q["sequence"].lower() for q in b]
 
 
+@pytest.mark.smoke
 def test_json_output_has_pipeline_fields(roberta_dir, capsys):
     code, out, err = run(
         ["fill-mask", "A <mask> b.", "<mask> and <mask>", "--model", str(roberta_dir), "-k", "2", "--json"],
@@ -152,7 +154,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(roberta_dir):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longattn_cli", "fill-mask", "x <mask>", "--model", str(roberta_dir)],
+        [sys.executable, "-m", "longattn_cmd", "fill-mask", "x <mask>", "--model", str(roberta_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -88,6 +88,7 @@ def predictions(out):
     return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.smoke
 def test_single_label_metrics_match_the_predictions_file(tmp_path, roberta_dir, datasets_dir):
     out = tmp_path / "run"
     assert run(recipe(out, roberta_dir, datasets_dir, "single")) == 0

@@ -41,6 +41,7 @@ def weights(directory):
     return load_file(str(directory / "model.safetensors"))
 
 
+@pytest.mark.smoke
 def test_recipe_run_writes_a_checkpoint_that_fill_mask_loads(tmp_path, corpus, cache, capsys):
     out = tmp_path / "run"
     code, stdout, err = cli(
@@ -103,6 +104,23 @@ def test_resume_continues_bit_exactly(tmp_path, corpus, cache, streaming):
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
     reference = [json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert [x["loss"] for x in lines] == reference
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("mechanism", ["softmax", "yoso", "nystrom", "lsg"])
+def test_two_training_steps_of_each_mechanism_give_a_finite_loss_and_a_loadable_model(
+    mechanism, tmp_path, corpus, cache, capsys
+):
+    out = tmp_path / "run"
+    extra = ["training.max_steps=2", f"model.attention={mechanism}"]
+    if mechanism == "lsg":
+        extra += ["model.attention_settings.block_size=16", "model.attention_settings.sparse_block_size=16"]
+    code, _, err = cli(["pretrain", *args(out, corpus, cache, *extra)], capsys)
+    assert code == 0, err
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(0 < x["loss"] < 100 for x in lines)
+    assert json.loads((out / "config.json").read_text())["attention"] == mechanism
+    assert len(predict(["The <mask> statement."], str(out), top_k=2)[0]["predictions"][0]) == 2
 
 
 def test_resume_with_a_different_recipe_fails_fast(tmp_path, corpus, cache, capsys):

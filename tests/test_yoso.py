@@ -30,10 +30,10 @@ from longattn_cli.attention.yoso import (
     cumulate,
     hash_codes,
 )
-from longattn_cli.cli import main
 from longattn_cli.errors import UserError
 from longattn_cli.models.checkpoints import load_model
 from longattn_cli.testing import tiny_reference
+from longattn_cmd.cli import main
 
 
 def qkv(b=2, h=3, n=40, d=16, seed=0, dtype=torch.float32):

@@ -47,11 +47,7 @@ class AttentionBlock(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lay = self.layer
-        b, n, c = x.shape
-        q, k, v = lay._heads(lay.query(x)), lay._heads(lay.key(x)), lay._heads(lay.value(x))  # (B, H, N, D)
-        a = lay.attention(q, k, v, mask).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
-        return lay.attention_norm(x + lay.dropout(lay.attention_output(a)))
+        return self.layer.attend(x, mask)
 
 
 def _our_config(spec: dict[str, Any], layers: int) -> LongAttnConfig:

@@ -14,9 +14,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from longattn_cli.bench import FULL_COMMAND, QUICK  # noqa: F401  (FULL_COMMAND: for the CLI and tests)
 from longattn_cli.bench.status import OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
+from longattn_cmd.options import FULL_COMMAND, QUICK  # noqa: F401  (FULL_COMMAND: for the CLI and tests)
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 SCOPES = ("layer", "model")

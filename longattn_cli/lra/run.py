@@ -96,8 +96,8 @@ def state(out: Path) -> str:
 
 
 def _child(args: list[str]) -> int:
-    """Run ``python -m longattn_cli ARGS``; while it runs Ctrl-C is the child's to handle (it saves)."""
-    proc = subprocess.Popen([sys.executable, "-m", "longattn_cli", *args])
+    """Run ``python -m longattn_cmd ARGS``; while it runs Ctrl-C is the child's to handle (it saves)."""
+    proc = subprocess.Popen([sys.executable, "-m", "longattn_cmd", *args])
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return proc.wait()

@@ -147,8 +147,3 @@ class LongAttnConfig(PretrainedConfig):
         base.update(settings)
         self.attention_settings = make_settings(name, base).to_dict()
         self.attention = name
-
-
-from longattn_cli.models import autoregister  # noqa: E402
-
-autoregister.module_loaded(__name__)  # registrations that waited for this module to finish importing

@@ -1,7 +1,7 @@
 """The longattn model family: one post-LN transformer encoder whose attention is a plug-in.
 
 The family is registered with transformers' Auto classes under ``model_type = "longattn"`` (see
-``longattn_cli/models/autoregister.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
+``longattn_cli/models/auto.py``), so ``AutoModelForMaskedLM.from_pretrained(dir)`` and
 ``pipeline("fill-mask", model=dir)`` work after ``import longattn_cli``.
 """
 
@@ -92,10 +92,18 @@ class LongAttnLayer(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.feed_forward(self.attend(x, mask))
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention half (what transformers calls ``*Attention``: self-attention and its output with
+        the residual and norm); ``longattn benchmark --scope layer`` times exactly this."""
         b, n, c = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         a = self.attention(q, k, v, mask).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
-        x = self.attention_norm(x + self.dropout(self.attention_output(a)))
+        return self.attention_norm(x + self.dropout(self.attention_output(a)))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward half, with its residual and norm."""
         y = self.output(self.act(self.intermediate(x)))
         return self.output_norm(x + self.dropout(y))
 
@@ -377,8 +385,3 @@ HEADS = {
     "token-classification": LongAttnForTokenClassification,
     "replaced-token-detection": LongAttnForReplacedTokenDetection,
 }
-
-
-from longattn_cli.models import autoregister  # noqa: E402
-
-autoregister.module_loaded(__name__)  # registrations that waited for this module to finish importing

@@ -2,7 +2,7 @@
 
 A command describes its work as a :class:`Job` (model, objective, data, collator, evaluation); this loop does
 the rest the same way for both: data parallel or sharded (FSDP2) through accelerate (plain ``longattn`` is one
-process, ``accelerate launch -m longattn_cli`` is many), gradient accumulation, clipping, warm-up and schedule, mixed
+process, ``accelerate launch -m longattn_cmd`` is many), gradient accumulation, clipping, warm-up and schedule, mixed
 precision, checkpoints that resume bit-exactly, SIGINT/SIGTERM handling and NaN detection.
 
 The data order is a function of the step alone (a seeded permutation per epoch, batch ``i`` of process ``r``

@@ -12,8 +12,7 @@ try:  # typer >= 0.26 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_errors
 
-from longattn_cli.bench import QUICK
-from longattn_cli.errors import UserError
+from longattn_cmd.options import QUICK
 
 app = typer.Typer(
     name="longattn",
@@ -423,7 +422,7 @@ def pretrain_cmd(
 ):
     """Pretrain a masked-language model. With no arguments: a small 4,096-token model on CPython's docs, offline.
 
-    Runs in one process; `accelerate launch -m longattn_cli pretrain ...` runs data parallel.
+    Runs in one process; `accelerate launch -m longattn_cmd pretrain ...` runs data parallel.
     """
     _train("pretrain", recipe, overrides, resume, show)
 
@@ -439,7 +438,7 @@ def finetune_cmd(
 ):
     """Fine-tune a checkpoint for sequence or token classification (or regression), with evaluation.
 
-    Runs in one process; `accelerate launch -m longattn_cli finetune ...` runs data parallel.
+    Runs in one process; `accelerate launch -m longattn_cmd finetune ...` runs data parallel.
     """
     _train("finetune", recipe, overrides, resume, show)
 
@@ -461,10 +460,6 @@ def _run(argv: list[str] | None) -> None:
         quiet_libraries()
         # Outside standalone mode typer returns, rather than raises, an exit code: Ctrl-C comes back as 130.
         code = app(args=argv, prog_name="longattn", standalone_mode=False)
-    except UserError as exc:
-        if exc.everywhere and os.environ.get("RANK", "0") != "0":  # the main process says it for all
-            sys.exit(2)
-        _fail(str(exc))
     except click_errors.NoArgsIsHelpError:
         sys.exit(0)
     except click_errors.UsageError as exc:
@@ -477,6 +472,10 @@ def _run(argv: list[str] | None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
+        if _is_user_error(exc):
+            if exc.everywhere and os.environ.get("RANK", "0") != "0":  # the main process says it for all
+                sys.exit(2)
+            _fail(str(exc))
         # Ctrl-C inside an import that wraps what it catches (transformers' lazy modules).
         if _interrupted(exc):
             _fail("aborted", code=130)
@@ -485,6 +484,13 @@ def _run(argv: list[str] | None) -> None:
         _fail("aborted", code=130)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _is_user_error(exc: Exception) -> bool:
+    """Whether ``exc`` is the library's :class:`~longattn_cli.errors.UserError`; looked up only once one was
+    raised (its module is then loaded), so that start-up never imports the library."""
+    errors = sys.modules.get("longattn_cli.errors")
+    return errors is not None and isinstance(exc, errors.UserError)
 
 
 _SIGINT_SEEN = False
