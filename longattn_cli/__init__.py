@@ -9,7 +9,8 @@
 __version__ = "0.1.0"
 
 from longattn_cli.models import auto as _auto  # noqa: E402
-from longattn_cli.models.checkpoints import export_roberta, load_model, load_tokenizer  # noqa: E402
+from longattn_cli.models.checkpoints import load_model  # noqa: E402
+from longattn_cli.models.export import export_roberta  # noqa: E402
 from longattn_cli.models.modeling import (  # noqa: E402
     LongAttnConfig,
     LongAttnForMaskedLM,
@@ -18,6 +19,7 @@ from longattn_cli.models.modeling import (  # noqa: E402
     LongAttnForTokenClassification,
     LongAttnModel,
 )
+from longattn_cli.models.tokenizer import load_tokenizer  # noqa: E402
 
 _auto.register()
 

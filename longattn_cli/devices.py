@@ -34,3 +34,28 @@ def pick_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise UserError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Out of memory: CUDA's ``torch.OutOfMemoryError``, Python's ``MemoryError``, or the CPU allocator's
+    failure as a ``RuntimeError``."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA's allocator peak on a GPU, the peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()

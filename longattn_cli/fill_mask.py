@@ -32,7 +32,8 @@ def predict(
     if not texts:
         raise UserError("no text given; pass one or more texts containing the mask token")
     from longattn_cli.devices import pick_device, pick_dtype
-    from longattn_cli.models.checkpoints import check_tokenizer, load_model, load_tokenizer
+    from longattn_cli.models.checkpoints import check_tokenizer, load_model
+    from longattn_cli.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     mask = tokenizer.mask_token

@@ -8,41 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def python_docs_text() -> list[str]:
-    """Paragraphs of English from CPython's bundled pydoc topics (always installed)."""
-    from pydoc_data.topics import topics
-
-    out = []
-    for body in topics.values():
-        out.extend(p.strip() for p in body.split("\n\n") if len(p.strip()) > 40)
-    return out
+from longattn_cli.training.data import python_docs_text
 
 
 def train_bpe_tokenizer(
     out_dir: str | Path, vocab_size: int = 1000, texts: list[str] | None = None, model_max_length: int = 512
 ):
-    """A byte-level BPE tokenizer with RoBERTa's special tokens, saved to ``out_dir``; returns it loaded."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
+    """:func:`longattn_cli.models.tokenizer.train_bpe_tokenizer` on CPython's docs unless ``texts`` are given."""
+    from longattn_cli.models import tokenizer
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(
-        texts or python_docs_text(),
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-    )
-    tok.save_model(str(out_dir))
-    # Built from the directory: the vocab_file/merges_file constructor silently yields a 5-token tokenizer.
-    from tokenizers import AddedToken
-
-    mask = AddedToken("<mask>", lstrip=True, rstrip=False)  # as RoBERTa's: "the <mask>" has no stray space
-    fast = RobertaTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, mask_token=mask)
-    fast.save_pretrained(out_dir)
-    return fast
+    return tokenizer.train_bpe_tokenizer(texts or python_docs_text(), out_dir, vocab_size, model_max_length)
 
 
 def train_wordpiece_tokenizer(out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 512):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -12,7 +13,9 @@ try:  # typer >= 0.26 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_errors
 
-from longattn_cmd.options import QUICK
+from longattn_cmd.declare import command, given, option
+from longattn_cmd.errors import UserError
+from longattn_cmd.options import FULL_COMMAND, BenchmarkFiles, BenchmarkOptions, ConvertOptions
 
 app = typer.Typer(
     name="longattn",
@@ -157,217 +160,66 @@ def lra_run_cmd(
         sys.exit(code)
 
 
-@app.command("benchmark")
-def benchmark_cmd(
-    scope: str = typer.Option(
-        "layer",
-        help="layer (one attention sublayer: q/k/v, mechanism, output, norm) or model (whole encoder).",
-    ),
-    mode: str = typer.Option("both", help="forward (inference), train (forward+backward) or both."),
-    lengths: str = typer.Option(
-        None,
-        help="Comma-separated sequence lengths (default: 512,1024,...,16384; with no --attention either: the "
-        f"quick sweep, {','.join(map(str, QUICK['lengths']))}, one variant per mechanism and the references, "
-        f"{QUICK['repeats']} timed steps).",
-    ),
-    attention: str = typer.Option(
-        None,
-        "--attention",
-        help="Comma-separated variant labels or mechanism names, or all (default: every registered variant).",
-    ),
-    settings: list[str] = typer.Option(
-        None,
-        "--set",
-        help="Override a setting of every selected mechanism that has it, key=value (repeatable).",
-    ),
-    reference: bool = typer.Option(
-        None,
-        "--reference",
-        help="Also measure transformers' implementations paired with the selected mechanisms: RoBERTa (sdpa), "
-        "YOSO, Nyströmformer; Longformer, BigBird and ModernBERT beside LSG (on in the quick sweep).",
-    ),
-    reference_models: str = typer.Option(
-        None,
-        "--reference-models",
-        help="Comma-separated reference labels to measure whatever --attention selects, e.g. "
-        "hf-longformer,hf-modernbert (see --list).",
-    ),
-    batch: int = typer.Option(1, help="Batch size."),
-    heads: int = typer.Option(None, help="Attention heads (default: the model size's)."),
-    head_dim: int = typer.Option(None, help="Size of one head (default: the model size's)."),
-    layers: int = typer.Option(None, help="Encoder layers for --scope model (default: the model size's)."),
-    model_size: str = typer.Option(
-        "base", help="Shape preset: tiny, small, base (12 layers, 768 wide, 12 heads) or large."
-    ),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Measure this checkpoint's shape and weights (directory or hub id) instead of a preset.",
-    ),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dropout: float = typer.Option(
-        0.1, help="Dropout on hidden states and attention probabilities in train mode (ours and references)."
-    ),
-    gradient_checkpointing: bool = typer.Option(
-        False,
-        help="With --scope model: recompute each layer's activations in the backward, as "
-        "training.gradient_checkpointing does (less memory, more time).",
-    ),
-    threads: int = typer.Option(None, help="CPU threads for torch (default: torch's)."),
-    warmup: int = typer.Option(1, help="Untimed steps before timing."),
-    repeats: int = typer.Option(
-        None,
-        help=f"Timed steps per point, at least (median and quartiles reported; default 5, quick sweep "
-        f"{QUICK['repeats']}).",
-    ),
-    min_time: float = typer.Option(
-        None,
-        help="Repeat short steps until the timed ones add up to this many seconds (at most 200 steps; "
-        f"default 1, quick sweep {QUICK['min_time']:g}).",
-    ),
-    time_budget: float = typer.Option(
-        None,
-        help=f"Seconds a point may take (0: no limit; default 120, quick sweep {QUICK['time_budget']:g}); longer "
-        "lengths of a mechanism that runs over are skipped.",
-    ),
-    memory_limit: float = typer.Option(
-        None, help="GB a point may allocate on CPU before it counts as OOM (default: 90% of free memory)."
-    ),
-    isolate: bool = typer.Option(
-        True,
-        help="Measure in a child process that an OOM or overrun cannot take down (--no-isolate: in this one).",
-    ),
-    json_path: str = typer.Option(
-        None, "--json", help="Write every measurement and the machine to this JSON file."
-    ),
-    csv_path: str = typer.Option(
-        None, "--csv", help="Write every measurement (one row per point) to this CSV file."
-    ),
-    plot_path: str = typer.Option(
-        None, "--plot", help="Plot time and memory against length (log-log) to this PNG (needs matplotlib)."
-    ),
-    seed: int = typer.Option(0, help="Seed for weights and inputs."),
-    list_variants: bool = typer.Option(
-        False, "--list", help="List the variant labels, their settings and references, and exit."
-    ),
-):
+def benchmark_cmd(**values) -> None:
     """Time and peak memory of every attention mechanism against sequence length."""
-    from longattn_cli.bench import sweep as benchmark
-    from longattn_cli.training.config import parse_overrides
+    from longattn_cli.bench import sweep
 
-    if list_variants:
-        benchmark.list_candidates()
+    files = BenchmarkFiles(**given(values, BenchmarkFiles))
+    if files.list_variants:
+        from longattn_cli.bench.candidates import list_candidates
+
+        list_candidates()
         return
-
-    chosen = benchmark.resolve_defaults(lengths, attention, reference, repeats, min_time, time_budget)
-    opts = benchmark.BenchmarkOptions(
-        scope=scope, mode=mode, lengths=chosen["lengths"], attention=chosen["attention"],
-        settings=parse_overrides(settings), reference=chosen["reference"], batch=batch, heads=heads, head_dim=head_dim,
-        layers=layers, model_size=model_size, model=model, dtype=dtype, device=device, dropout=dropout, threads=threads,
-        gradient_checkpointing=gradient_checkpointing,
-        warmup=warmup, repeats=chosen["repeats"], min_time=chosen["min_time"], time_budget=chosen["time_budget"] or None,
-        memory_limit_gb=memory_limit, isolate=isolate, seed=seed, reference_models=reference_models,
-    )  # fmt: skip
+    opts, quick = BenchmarkOptions.from_command_line(values)
     try:
-        benchmark.run(opts, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
-        if chosen["quick"]:
-            print(f"This was the quick sweep. The full one (much longer): {benchmark.FULL_COMMAND}")
+        sweep.run(opts, json_path=files.json_path, csv_path=files.csv_path, plot_path=files.plot_path)
+        if quick:
+            print(f"This was the quick sweep. The full one (much longer): {FULL_COMMAND}")
     except KeyboardInterrupt:
-        written = ", ".join(p for p in (json_path, csv_path, plot_path) if p)
+        written = ", ".join(p for p in (files.json_path, files.csv_path, files.plot_path) if p)
         print(f"interrupted{'; partial results in ' + written if written else ''}", file=sys.stderr)
         sys.exit(130)
 
 
-LSG_FLAG_HELP = "LSG setting (with --attention lsg); default: the source's, else the mechanism's"
+app.command("benchmark")(command(benchmark_cmd, BenchmarkOptions, BenchmarkFiles))
 
 
-@app.command("convert")
-def convert_cmd(
-    source: str = typer.Argument(
-        ...,
-        help="Checkpoint directory or hub id: RoBERTa, BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA, ALBERT, LSG or longattn.",
-    ),
-    max_length: int = typer.Option(
-        4096, "--max-length", help="New longest input in tokens; must exceed the source's."
-    ),
-    out: str = typer.Option(
-        None, "--out", "-o", help="Output directory (default: <source name>-<max length>)."
-    ),
-    attention: str = typer.Option(
-        "lsg", "--attention", help="Attention of the converted model: lsg, softmax, or any registered one."
-    ),
-    settings: list[str] = typer.Option(
-        None, "--set", help="Attention setting key=value (repeatable), e.g. --set adaptive=false."
-    ),
-    block_size: int = typer.Option(None, "--block-size", help=LSG_FLAG_HELP + " (128)."),
-    sparse_block_size: int = typer.Option(None, "--sparse-block-size", help=LSG_FLAG_HELP + " (128)."),
-    sparsity_factor: int = typer.Option(None, "--sparsity-factor", help=LSG_FLAG_HELP + " (2)."),
-    sparsity_type: str = typer.Option(
-        None,
-        "--sparsity-type",
-        help=LSG_FLAG_HELP + ": norm, pooling, lsh, stride, block_stride, bos_pooling or none (norm).",
-    ),
-    num_global_tokens: int = typer.Option(None, "--num-global-tokens", help=LSG_FLAG_HELP + " (1)."),
-    random_global_init: bool = typer.Option(
-        False,
-        "--random-global-init",
-        help="Draw global tokens from a Gaussian fitted to the word embeddings instead of BOS/mask.",
-    ),
-    global_positional_stride: int = typer.Option(
-        64, "--global-positional-stride", help="Position rows between consecutive global tokens."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
-    check: bool = typer.Option(
-        False, "--check", help="Compare with the source on a short text; time the long model at --max-length."
-    ),
-    device: str = typer.Option("auto", help="Device for --check: auto, cpu, cuda or cuda:N."),
-):
+def convert_cmd(check: bool, device: str, **values) -> None:
     """Make a RoBERTa/BERT-family model long: tiled positions, LSG (or other) attention, global tokens."""
+    from huggingface_hub.utils import disable_progress_bars
     from rich.console import Console
 
-    from longattn_cli.errors import UserError
     from longattn_cli.models import convert
-    from longattn_cli.training.config import parse_overrides
 
-    values = parse_overrides(settings)
-    flags = {
-        "block_size": block_size,
-        "sparse_block_size": sparse_block_size,
-        "sparsity_factor": sparsity_factor,
-        "sparsity_type": sparsity_type,
-        "num_global_tokens": num_global_tokens,
-    }
-    given = {k: v for k, v in flags.items() if v is not None}
-    if given and attention != "lsg":
-        flag = "--" + next(iter(given)).replace("_", "-")
-        raise UserError(f"{flag} is an LSG setting; it needs --attention lsg (got --attention {attention})")
-    values.update(given)
-    from huggingface_hub.utils import disable_progress_bars
-
+    opts = ConvertOptions(**given(values, ConvertOptions))
+    opts.check()
     disable_progress_bars()  # transformers' "Writing model shards" bar would break the status line
     console = Console(stderr=True)
-    with console.status(f"converting {source} to {max_length} tokens with {attention} attention..."):
-        path, src, model, tok = convert.convert(
-            source,
-            max_length,
-            out,
-            attention,
-            values,
-            random_global_init,
-            global_positional_stride,
-            seed,
-            overwrite,
-        )
+    with console.status(
+        f"converting {opts.source} to {opts.max_length} tokens with {opts.attention} attention..."
+    ):
+        path, src, model, tok = convert.convert_with(opts)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
     console.print(
-        f"[green]saved[/] {path} ({attention}, {max_length} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
+        f"[green]saved[/] {path} ({opts.attention}, {opts.max_length} tokens, {size:.1f}M parameters)"
     )
     if check:
         with console.status("checking..."):
-            result = convert.check(src, model, tok, max_length, device)
-        convert.render_check(result, max_length)
+            result = convert.check(src, model, tok, opts.max_length, device)
+        convert.render_check(result, opts.max_length)
+
+
+@dataclasses.dataclass
+class ConvertCheck:
+    """``longattn convert --check``: what to compare after converting."""
+
+    check: bool = option(
+        False, "Compare with the source on a short text; time the long model at --max-length.", "--check"
+    )
+    device: str = option("auto", "Device for --check: auto, cpu, cuda or cuda:N.")
+
+
+app.command("convert")(command(convert_cmd, ConvertOptions, ConvertCheck))
 
 
 OVERRIDES_HELP = (
@@ -471,11 +323,11 @@ def _run(argv: list[str] | None) -> None:
         _fail("aborted", code=130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except UserError as exc:
+        if exc.everywhere and os.environ.get("RANK", "0") != "0":  # the main process says it for all
+            sys.exit(2)
+        _fail(str(exc))
     except Exception as exc:
-        if _is_user_error(exc):
-            if exc.everywhere and os.environ.get("RANK", "0") != "0":  # the main process says it for all
-                sys.exit(2)
-            _fail(str(exc))
         # Ctrl-C inside an import that wraps what it catches (transformers' lazy modules).
         if _interrupted(exc):
             _fail("aborted", code=130)
@@ -484,13 +336,6 @@ def _run(argv: list[str] | None) -> None:
         _fail("aborted", code=130)
     if isinstance(code, int) and code:
         sys.exit(code)
-
-
-def _is_user_error(exc: Exception) -> bool:
-    """Whether ``exc`` is the library's :class:`~longattn_cli.errors.UserError`; looked up only once one was
-    raised (its module is then loaded), so that start-up never imports the library."""
-    errors = sys.modules.get("longattn_cli.errors")
-    return errors is not None and isinstance(exc, errors.UserError)
 
 
 _SIGINT_SEEN = False

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from longattn_cli.attention import make_settings
 from longattn_cli.attention.yoso import hash_codes
-from longattn_cli.bench.sweep import algorithm_flops
+from longattn_cli.bench.roofline import algorithm_flops
 
 
 def counts(codes: torch.Tensor, buckets: int) -> torch.Tensor:

@@ -12,8 +12,9 @@ import torch
 from helpers import run_cli as run
 
 from longattn_cli.attention import available
-from longattn_cli.bench import sweep as benchmark
+from longattn_cli.bench import candidates as benchmark
 from longattn_cli.bench.point import measure
+from longattn_cli.bench.references import REFERENCES
 from longattn_cli.testing import tiny_reference
 
 # Tiny shapes, one warm-up and one timed step: these tests check what is measured and reported, not speed.
@@ -40,7 +41,7 @@ def test_layer_sweep_both_modes_with_reference(tmp_path, capsys):
     labels = (
         ours
         + ["hf-roberta-sdpa"]
-        + [r.label for m in available() if m != "softmax" for r in benchmark.REFERENCES.get(m, [])]
+        + [r.label for m in available() if m != "softmax" for r in REFERENCES.get(m, [])]
     )
     points = data["points"]
     assert len(points) == 2 * 2 * len(labels) + 2  # and the dropout-free SDPA, in train mode only
@@ -414,7 +415,7 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
         (["--repeats", "0"], r"--repeats must be at least 1"),
         (["--batch", "0"], r"--batch must be at least 1"),
         (["--dropout", "1.5"], r"--dropout must be in \[0, 1\), got 1.5"),
-        (["--min-time", "-1"], r"--min-time must be 0 or more seconds"),
+        (["--min-time", "-1"], r"--min-time must be at least 0, got -1"),
         (["--model", "/nonexistent/dir", "--scope", "model"], r"does not exist"),
     ],
 )
@@ -490,18 +491,25 @@ def test_tables_fit_80_columns_and_no_cell_wraps():
 
 def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monkeypatch):
     """One variant per mechanism with the references and short timing, then the command of the full sweep."""
-    from longattn_cli.bench import sweep as benchmark
+    from longattn_cmd import options
+    from longattn_cmd.options import BenchmarkOptions
 
-    quick = benchmark.resolve_defaults(None, None, None, None, None, None)
-    assert quick["quick"] and quick["lengths"] == [1024, 2048, 4096] and quick["reference"]
-    assert quick["attention"] == "softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd" and quick["repeats"] == 2
-    full = benchmark.resolve_defaults("1024", None, None, None, None, None)
-    assert not full["quick"] and full["repeats"] == 5 and full["min_time"] == 1.0 and not full["reference"]
-    assert full["lengths"] == [1024] and full["attention"] is None  # every variant
-    mine = benchmark.resolve_defaults(None, "nystrom", True, 2, 0.0, 0)
-    assert not mine["quick"] and mine["lengths"] == list(benchmark.DEFAULT_LENGTHS) and mine["repeats"] == 2
+    none = dict.fromkeys(("lengths", "attention", "reference", "repeats", "min_time", "time_budget"))
+    quick, is_quick = BenchmarkOptions.from_command_line(none)
+    assert is_quick and quick.lengths == [1024, 2048, 4096] and quick.reference
+    assert quick.attention == "softmax-sdpa,nystrom,lsg-norm,yoso-lsh-ebwd" and quick.repeats == 2
+    full, is_quick = BenchmarkOptions.from_command_line({**none, "lengths": [1024]})
+    assert not is_quick and full.repeats == 5 and full.min_time == 1.0 and not full.reference
+    assert full.lengths == [1024] and full.attention is None  # every variant
+    mine, is_quick = BenchmarkOptions.from_command_line(
+        {**none, "attention": "nystrom", "reference": True, "repeats": 2, "min_time": 0.0, "time_budget": 0}
+    )
+    assert not is_quick and mine.lengths == list(options.DEFAULT_LENGTHS) and mine.repeats == 2
+    assert mine.time_budget is None  # 0: no limit
 
-    monkeypatch.setitem(benchmark.QUICK, "lengths", [32])  # the quick sweep itself, on the tiny shape
+    monkeypatch.setattr(  # the quick sweep itself, on the tiny shape
+        BenchmarkOptions.__dataclass_fields__["lengths"], "metadata", {"cli": _quick_lengths([32])}
+    )
     code, out, err = run(
         ["benchmark", *TINY, "--mode", "forward", "--no-isolate", "--json", str(tmp_path / "q.json")], capsys
     )
@@ -509,7 +517,16 @@ def test_no_lengths_and_no_candidates_is_the_quick_sweep(tmp_path, capsys, monke
     data = json.loads((tmp_path / "q.json").read_text())
     labels = {p["label"] for p in data["points"]}
     assert {"softmax-sdpa", "nystrom", "lsg-norm", "yoso-lsh-ebwd", "hf-roberta-sdpa"} <= labels
-    assert "lsg-pooling" not in labels and "The full one" in out and benchmark.FULL_COMMAND in out
+    assert "lsg-pooling" not in labels and "The full one" in out and options.FULL_COMMAND in out
+
+
+def _quick_lengths(lengths):
+    import dataclasses
+
+    from longattn_cmd.options import BenchmarkOptions
+
+    declared = BenchmarkOptions.__dataclass_fields__["lengths"].metadata["cli"]
+    return dataclasses.replace(declared, quick=lengths)
 
 
 @pytest.mark.parametrize("mechanism", ["softmax", "yoso", "nystrom", "lsg"])

@@ -7,7 +7,8 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 
 import longattn_cli  # noqa: F401  (registers the family)
 from longattn_cli.errors import UserError
-from longattn_cli.models.checkpoints import export_roberta, load_model
+from longattn_cli.models.checkpoints import load_model
+from longattn_cli.models.export import export_roberta
 from longattn_cli.models.modeling import LongAttnForMaskedLM, LongAttnModel
 from longattn_cli.testing import save_perturbed, tiny_reference
 

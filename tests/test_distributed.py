@@ -109,7 +109,7 @@ def _worker(launcher: subprocess.Popen, rank: int):
 
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
-            if child.environ().get("RANK") == str(rank) and "longattn_cli" in child.cmdline():
+            if child.environ().get("RANK") == str(rank) and "longattn_cmd" in child.cmdline():
                 return child
         except psutil.Error:
             continue
@@ -367,7 +367,7 @@ def test_two_machines_over_loopback_train_write_once_and_resume_bit_exactly(tmp_
 def test_sharded_launches_that_cannot_run_are_one_clear_line(monkeypatch):
     """DeepSpeed, FSDP version 1, and FSDP in one CPU process stop before the run starts, saying what to do."""
     from longattn_cli.errors import UserError
-    from longattn_cli.training.train import make_accelerator
+    from longattn_cli.training.accelerator import make_accelerator
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")

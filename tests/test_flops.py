@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from longattn_cli.attention import build_attention, get_mechanism, make_settings
 from longattn_cli.bench.point import build, make_step
-from longattn_cli.bench.sweep import algorithm_flops
+from longattn_cli.bench.roofline import algorithm_flops
 
 LSG = {"block_size": 8, "sparse_block_size": 8, "sparsity_factor": 2}
 CASES = [

@@ -12,7 +12,8 @@ from torch.testing import assert_close
 from longattn_cli.attention import build_attention, make_settings
 from longattn_cli.attention.nystrom import iterative_pinv, segment_ids, segment_means
 from longattn_cli.errors import UserError
-from longattn_cli.models.checkpoints import load_model, load_tokenizer
+from longattn_cli.models.checkpoints import load_model
+from longattn_cli.models.tokenizer import load_tokenizer
 from longattn_cli.testing import tiny_reference
 from longattn_cmd.cli import main
 

@@ -337,7 +337,7 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
 
 
 def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
-    from longattn_cli.training.train import Stop
+    from longattn_cli.training.signals import Stop
 
     with Stop() as stop:
         os.kill(os.getpid(), signal.SIGINT)

@@ -51,7 +51,7 @@ def test_recipe_builds(path):
         assert model.config.attention == recipe.model.scratch_attention()[0]
     if kind == "finetune" and recipe.model.scratch:
         from longattn_cli.models.modeling import HEADS
-        from longattn_cli.training.pretrain import fresh_config
+        from longattn_cli.training.model_setup import fresh_config
 
         config = fresh_config(
             None,

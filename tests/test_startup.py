@@ -34,7 +34,7 @@ def test_the_installed_command_and_both_module_runs_answer_help():
 def test_the_readme_names_keep_working():
     import longattn_cli
     from longattn_cli.checkpoints import export_roberta, load_model  # the path earlier READMEs showed
-    from longattn_cli.models import checkpoints
+    from longattn_cli.models import checkpoints, export
 
     assert longattn_cli.load_model is load_model is checkpoints.load_model
-    assert longattn_cli.export_roberta is export_roberta is checkpoints.export_roberta
+    assert longattn_cli.export_roberta is export_roberta is export.export_roberta

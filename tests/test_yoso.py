@@ -90,7 +90,7 @@ def test_defaults_are_transformers_yoso_config():
     from transformers import YosoConfig
 
     ref, ours = YosoConfig(), YosoSettings()
-    from longattn_cli.models.checkpoints import YOSO_SETTINGS
+    from longattn_cli.models.families.yoso import YOSO_SETTINGS
 
     for name in YOSO_SETTINGS:  # the settings an imported YOSO checkpoint carries over
         assert getattr(ours, name) == getattr(ref, name), name

@@ -423,7 +423,7 @@ class _Chunk:
 
 
 def _layout(
-    codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, d: int, span: int, period: int
+    codes_q: torch.Tensor, codes_k: torch.Tensor, heads: int, n: int, head_dim: int, span: int, period: int
 ) -> list[_Chunk]:
     """Lanes of every chunk for codes (chunks, heads · n) below ``span``: chunk c's row r is token r % n of
     problem r // n (one head in one hash), and reads its inputs from source row r % ``period``.
@@ -432,92 +432,155 @@ def _layout(
     per chunk (on CPU a sort of 4,096 elements costs 4× per element what one of a million does). A bucket is
     (chunk, head, code); buckets are numbered chunk-major, so each chunk's buckets, and lanes, are contiguous.
     """
-    dev = codes_q.device
     chunks, rows = codes_q.shape
-    base = (torch.arange(chunks, device=dev).view(-1, 1) * heads + torch.arange(rows, device=dev) // n) * span
-    bq, bk = (codes_q + base).reshape(-1), (codes_k + base).reshape(-1)  # (chunks · rows,) bucket of each row
-    if chunks * heads * span > 4 * bq.numel():  # wide codes: number the occupied buckets only (order kept)
-        ids, inv = torch.unique(torch.cat([bq, bk]), return_inverse=True)
-        bq, bk, chunk = inv[: len(bq)], inv[len(bq) :], ids // (heads * span)
-    else:
-        chunk = torch.arange(chunks * heads * span, device=dev) // (heads * span)
-    bins = len(chunk)
-    cq, ck = torch.bincount(bq, minlength=bins), torch.bincount(bk, minlength=bins)
-    live = (cq > 0) & (ck > 0)
-    most = torch.maximum(cq, ck)
-    square = (most + _WIDTH - 1) // _WIDTH * _WIDTH
-    balanced = most <= 2 * torch.minimum(cq, ck) + _WIDTH
-    aq = torch.where(balanced, square, _lane_widths(cq))
-    ak = torch.where(balanced, square, _lane_widths(ck))
-    attend = live & _attends(aq, ak, d)
-    table = live & ~attend
-    wq = torch.where(attend, aq, torch.where(table, (cq + _SLOT - 1) // _SLOT * _SLOT, 0))
-    wk = torch.where(attend, ak, torch.where(table, (ck + _SLOT - 1) // _SLOT * _SLOT, 0))
-    # Within a chunk: attention buckets by class, then the table ones, then those without partners (no lanes).
+    buckets = _Buckets(codes_q, codes_k, heads, n, span, head_dim)
+    order, kinds, wide, kind = _bucket_order(buckets, rows)
+    owner = buckets.chunk[order]
+    lanes_q, start_q, first_q = _chunk_lanes(buckets.width_q, buckets.chunk, order, owner, chunks)
+    lanes_k, start_k, first_k = _chunk_lanes(buckets.width_k, buckets.chunk, order, owner, chunks)
+    b = buckets
+    rows_q, back_q = _place(b.query, b.count_q, first_q, b.live, b.chunk, lanes_q, start_q, rows, period)
+    rows_k, back_k = _place(b.key, b.count_k, first_k, b.live, b.chunk, lanes_k, start_k, rows, period)
+    classes = _classes(buckets, order, kind, kinds, wide, first_q, first_k, chunks)
+    tables = _table_slots(buckets, order, chunks)
+    out = []
+    lanes_q, lanes_k, start_q, start_k = (
+        lanes_q.tolist(),
+        lanes_k.tolist(),
+        start_q.tolist(),
+        start_k.tolist(),
+    )
+    for c in range(chunks):
+        chunk = _Chunk()
+        chunk.lanes_q, chunk.lanes_k = lanes_q[c], lanes_k[c]
+        chunk.rows_q = rows_q[start_q[c] : start_q[c] + chunk.lanes_q]
+        chunk.rows_k = rows_k[start_k[c] : start_k[c] + chunk.lanes_k]
+        chunk.back_q, chunk.back_k = back_q[c], back_k[c]
+        chunk.classes = classes[c]
+        chunk.tables = tables(c, chunk.lanes_q, chunk.lanes_k)
+        out.append(chunk)
+    return out
+
+
+class _Buckets:
+    """Every bucket of a batch of chunks, numbered chunk-major, and the route and lane widths of each.
+
+    Attributes:
+        query, key: (chunks · rows,) bucket of each query row and key row.
+        chunk: (buckets,) the chunk each bucket belongs to.
+        count_q, count_k: (buckets,) its query and key rows.
+        live: buckets with rows on both sides (the others add nothing).
+        attend, table: live buckets summed by in-bucket products, and by the paper's d×d tables.
+        lanes_q, lanes_k: the attention route's lanes per side (square when the sides are balanced).
+        width_q, width_k: lanes the bucket takes on each side, in its route (0 when it is not live).
+    """
+
+    def __init__(self, codes_q, codes_k, heads: int, n: int, span: int, head_dim: int):
+        device = codes_q.device
+        chunks, rows = codes_q.shape
+        problem = (
+            torch.arange(chunks, device=device).view(-1, 1) * heads + torch.arange(rows, device=device) // n
+        )
+        base = problem * span
+        self.query, self.key = (codes_q + base).reshape(-1), (codes_k + base).reshape(-1)
+        per_chunk = heads * span
+        if (
+            chunks * per_chunk > 4 * self.query.numel()
+        ):  # wide codes: number the occupied buckets only (order kept)
+            ids, inverse = torch.unique(torch.cat([self.query, self.key]), return_inverse=True)
+            self.query, self.key = inverse[: len(self.query)], inverse[len(self.query) :]
+            self.chunk = ids // per_chunk
+        else:
+            self.chunk = torch.arange(chunks * per_chunk, device=device) // per_chunk
+        count = len(self.chunk)
+        self.count_q = torch.bincount(self.query, minlength=count)
+        self.count_k = torch.bincount(self.key, minlength=count)
+        self.live = (self.count_q > 0) & (self.count_k > 0)
+        most = torch.maximum(self.count_q, self.count_k)
+        square = (most + _WIDTH - 1) // _WIDTH * _WIDTH
+        balanced = most <= 2 * torch.minimum(self.count_q, self.count_k) + _WIDTH
+        self.lanes_q = torch.where(balanced, square, _lane_widths(self.count_q))
+        self.lanes_k = torch.where(balanced, square, _lane_widths(self.count_k))
+        self.attend = self.live & _attends(self.lanes_q, self.lanes_k, head_dim)
+        self.table = self.live & ~self.attend
+        self.width_q = self._width(self.lanes_q, self.count_q)
+        self.width_k = self._width(self.lanes_k, self.count_k)
+
+    def _width(self, lanes: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        slots = (count + _SLOT - 1) // _SLOT * _SLOT
+        return torch.where(self.attend, lanes, torch.where(self.table, slots, 0))
+
+
+def _bucket_order(buckets: _Buckets, rows: int):
+    """Buckets in lane order: within a chunk, attention buckets by class (query width, key width), then the
+    table ones, then those without partners (no lanes). Returns the order, the number of kinds, the width
+    base a class key is written in, and each bucket's kind."""
     wide = 2 * rows + _SLOT + 1  # above every width (a side's lanes are under twice its tokens, or a slot)
     kinds = wide * wide + 2
-    cls = torch.where(attend, aq * wide + ak, torch.where(table, wide * wide, wide * wide + 1))
-    order = torch.argsort(chunk * kinds + cls)
-    owner = chunk[order]
+    by_class = buckets.lanes_q * wide + buckets.lanes_k
+    kind = torch.where(buckets.attend, by_class, torch.where(buckets.table, wide * wide, wide * wide + 1))
+    return torch.argsort(buckets.chunk * kinds + kind), kinds, wide, kind
 
-    def lanes(width):  # lanes of each chunk, its first global lane, and each bucket's first lane in its chunk
-        per_chunk = torch.zeros(chunks, dtype=width.dtype, device=dev).index_add_(0, chunk, width)
-        start = torch.cumsum(per_chunk, 0) - per_chunk
-        ordered, first = width[order], torch.empty_like(width)
-        first[order] = torch.cumsum(ordered, 0) - ordered - start[owner]
-        return per_chunk, start, first
 
-    per_q, start_q, first_q = lanes(wq)
-    per_k, start_k, first_k = lanes(wk)
-    rows_q, back_q = _place(bq, cq, first_q, live, chunk, per_q, start_q, rows, period)
-    rows_k, back_k = _place(bk, ck, first_k, live, chunk, per_k, start_k, rows, period)
-    # Classes: runs of (chunk, class) among the attention buckets, in lane order.
-    a = order[attend[order]]
-    runs, counts = torch.unique_consecutive(chunk[a] * kinds + cls[a], return_counts=True)
-    head = a[torch.cumsum(counts, 0) - counts]  # the first bucket of each run
+def _chunk_lanes(width, chunk, order, owner, chunks: int):
+    """Lanes of each chunk, its first global lane, and each bucket's first lane within its chunk."""
+    per_chunk = torch.zeros(chunks, dtype=width.dtype, device=width.device).index_add_(0, chunk, width)
+    start = torch.cumsum(per_chunk, 0) - per_chunk
+    ordered, first = width[order], torch.empty_like(width)
+    first[order] = torch.cumsum(ordered, 0) - ordered - start[owner]
+    return per_chunk, start, first
+
+
+def _classes(
+    buckets: _Buckets, order, kind, kinds: int, wide: int, first_q, first_k, chunks: int
+) -> list[list]:
+    """Per chunk, its attention classes: runs of buckets of one (query width, key width), in lane order, as
+    (first query lane, first key lane, buckets, query width, key width)."""
+    attend = order[buckets.attend[order]]
+    runs, counts = torch.unique_consecutive(buckets.chunk[attend] * kinds + kind[attend], return_counts=True)
+    leader = attend[torch.cumsum(counts, 0) - counts]  # the first bucket of each run
     classes: list[list] = [[] for _ in range(chunks)]
-    for key, c, fq, fk in zip(
-        runs.tolist(), counts.tolist(), first_q[head].tolist(), first_k[head].tolist(), strict=True
+    for key, count, lane_q, lane_k in zip(
+        runs.tolist(), counts.tolist(), first_q[leader].tolist(), first_k[leader].tolist(), strict=True
     ):
         width_q, width_k = divmod(key % kinds, wide)
-        classes[key // kinds].append((fq, fk, c, width_q, width_k))
-    # Tables: per chunk, its table buckets' slots on each side, buckets numbered from 0 within the chunk.
-    t = order[table[order]]
-    t_owner = chunk[t]
-    t_count = torch.bincount(t_owner, minlength=chunks)
-    t_local = torch.arange(len(t), device=dev) - (torch.cumsum(t_count, 0) - t_count)[t_owner]
+        classes[key // kinds].append((lane_q, lane_k, count, width_q, width_k))
+    return classes
+
+
+def _table_slots(buckets: _Buckets, order, chunks: int):
+    """Per chunk, its table buckets' slots on each side (buckets numbered from 0 within the chunk), as a
+    function of (chunk, its query lanes, its key lanes) giving :attr:`_Chunk.tables`."""
+    in_table = order[buckets.table[order]]
+    owner = buckets.chunk[in_table]
+    per_chunk = torch.bincount(owner, minlength=chunks)
+    local = torch.arange(len(in_table), device=owner.device) - (torch.cumsum(per_chunk, 0) - per_chunk)[owner]
 
     def slots(width):  # bucket of each slot, and each chunk's first slot and slot count
-        n_slots = width[t] // _SLOT
-        count = torch.zeros(chunks, dtype=n_slots.dtype, device=dev).index_add_(0, t_owner, n_slots)
+        count = width[in_table] // _SLOT
+        total = torch.zeros(chunks, dtype=count.dtype, device=owner.device).index_add_(0, owner, count)
         return (
-            torch.repeat_interleave(t_local, n_slots),
-            (torch.cumsum(count, 0) - count).tolist(),
-            count.tolist(),
+            torch.repeat_interleave(local, count),
+            (torch.cumsum(total, 0) - total).tolist(),
+            total.tolist(),
         )
 
-    (slot_q, s0_q, sn_q), (slot_k, s0_k, sn_k) = slots(wq), slots(wk)
-    t_count = t_count.tolist()
-    out = []
-    per_q, per_k, start_q, start_k = per_q.tolist(), per_k.tolist(), start_q.tolist(), start_k.tolist()
-    for c in range(chunks):
-        x = _Chunk()
-        x.lanes_q, x.lanes_k = per_q[c], per_k[c]
-        x.rows_q = rows_q[start_q[c] : start_q[c] + x.lanes_q]
-        x.rows_k = rows_k[start_k[c] : start_k[c] + x.lanes_k]
-        x.back_q, x.back_k = back_q[c], back_k[c]
-        x.classes = classes[c]
-        x.tables = None
-        if t_count[c]:  # table lanes close the chunk on each side: _SLOT lanes per slot before its end
-            x.tables = (
-                x.lanes_q - sn_q[c] * _SLOT,
-                slot_q[s0_q[c] : s0_q[c] + sn_q[c]],
-                x.lanes_k - sn_k[c] * _SLOT,
-                slot_k[s0_k[c] : s0_k[c] + sn_k[c]],
-                t_count[c],
-            )
-        out.append(x)
-    return out
+    (slot_q, first_q, count_q), (slot_k, first_k, count_k) = slots(buckets.width_q), slots(buckets.width_k)
+    per_chunk = per_chunk.tolist()
+
+    def tables(c: int, lanes_q: int, lanes_k: int):
+        if not per_chunk[c]:
+            return None
+        # Table lanes close the chunk on each side: _SLOT lanes per slot before its end.
+        return (
+            lanes_q - count_q[c] * _SLOT,
+            slot_q[first_q[c] : first_q[c] + count_q[c]],
+            lanes_k - count_k[c] * _SLOT,
+            slot_k[first_k[c] : first_k[c] + count_k[c]],
+            per_chunk[c],
+        )
+
+    return tables
 
 
 def _place(buckets, counts, first, live, chunk, per_chunk, start, rows, period):

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from longattn_cli.bench.status import ERROR, OK, OOM, SKIPPED, TIMEOUT, UNAVAILABLE  # noqa: F401
-from longattn_cli.models.checkpoints import family_fields
+from longattn_cli.devices import is_out_of_memory
+from longattn_cli.models.families import family_fields
 from longattn_cli.models.modeling import LongAttnConfig, LongAttnLayer, LongAttnModel
 
 
@@ -327,14 +328,6 @@ class _quiet_stderr:
         os.close(self.saved)
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Out of memory, on CUDA (``torch.OutOfMemoryError``) or from the CPU allocator."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-
-
 def summarize(times: list[float], tokens: int) -> dict[str, Any]:
     """Median, quartiles and extremes of the step times, and tokens per second at the median."""
     ordered = sorted(times)
@@ -412,7 +405,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             }
         peak, method = peak_memory(prepare, step, device)
     except Exception as exc:  # noqa: BLE001 - a point reports its failure, the sweep goes on
-        kind = OOM if is_oom(exc) else ERROR
+        kind = OOM if is_out_of_memory(exc) else ERROR
         return {"status": kind, "message": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     finally:
         if device.type == "cuda":

@@ -74,42 +74,27 @@ class LongAttnConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
+        # Shape.
+        self.vocab_size, self.hidden_size, self.intermediate_size = vocab_size, hidden_size, intermediate_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.embedding_size, self.num_hidden_groups = embedding_size, num_hidden_groups
+        # Positions and token types.
+        self.max_position_embeddings, self.position_offset = max_position_embeddings, position_offset
         self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.position_offset = position_offset
-        self.attention = attention
-        # Validate now (unknown mechanism or setting fails here) and store the complete, explicit settings.
-        self.attention_settings = make_settings(attention, attention_settings).to_dict()
-        self.classifier_dropout = classifier_dropout
-        if classifier_pooling not in ("first", "mean"):
-            raise ValueError(f"classifier_pooling={classifier_pooling!r} is not one of first, mean")
+        # Dropout, initialisation, normalisation.
+        self.hidden_dropout_prob, self.classifier_dropout = hidden_dropout_prob, classifier_dropout
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range, self.layer_norm_eps = initializer_range, layer_norm_eps
+        # Activations and heads.
+        self.hidden_act, self.classifier_activation, self.lm_head_act = (
+            hidden_act,
+            classifier_activation,
+            lm_head_act,
+        )
         self.classifier_pooling = classifier_pooling
-        from transformers.activations import ACT2FN
-
-        for name, act in (("classifier_activation", classifier_activation), ("lm_head_act", lm_head_act)):
-            if act is not None and act not in ACT2FN:
-                raise ValueError(f"{name}={act!r} is not an activation; valid: {', '.join(sorted(ACT2FN))}")
-        self.classifier_activation = classifier_activation
-        self.lm_head_act = lm_head_act
-        if embedding_size is not None and embedding_size < 1:
-            raise ValueError(f"embedding_size={embedding_size} must be a positive width, or null")
-        self.embedding_size = embedding_size
-        if num_hidden_groups is not None and not 1 <= num_hidden_groups <= num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_groups={num_hidden_groups} must be between 1 and num_hidden_layers="
-                f"{num_hidden_layers}, or null"
-            )
-        self.num_hidden_groups = num_hidden_groups
+        # Validate now (unknown mechanism or setting fails here) and store the complete, explicit settings.
+        self.attention = attention
+        self.attention_settings = make_settings(attention, attention_settings).to_dict()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -117,9 +102,28 @@ class LongAttnConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-        if hidden_size % num_attention_heads:
+        self._check()
+
+    def _check(self) -> None:
+        """A ``ValueError`` naming the field for values the model cannot be built with."""
+        from transformers.activations import ACT2FN
+
+        if self.classifier_pooling not in ("first", "mean"):
+            raise ValueError(f"classifier_pooling={self.classifier_pooling!r} is not one of first, mean")
+        for name in ("classifier_activation", "lm_head_act"):
+            act = getattr(self, name)
+            if act is not None and act not in ACT2FN:
+                raise ValueError(f"{name}={act!r} is not an activation; valid: {', '.join(sorted(ACT2FN))}")
+        if self.embedding_size is not None and self.embedding_size < 1:
+            raise ValueError(f"embedding_size={self.embedding_size} must be a positive width, or null")
+        groups, layers = self.num_hidden_groups, self.num_hidden_layers
+        if groups is not None and not 1 <= groups <= layers:
             raise ValueError(
-                f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
+                f"num_hidden_groups={groups} must be between 1 and num_hidden_layers={layers}, or null"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
 
     @property

@@ -27,72 +27,82 @@ from typing import Any
 import torch
 
 from longattn_cli.attention import get_mechanism
+from longattn_cli.devices import peak_rss_mb
 from longattn_cli.errors import UserError
-from longattn_cli.models.checkpoints import load_model, load_tokenizer
+from longattn_cli.models.checkpoints import load_model
 from longattn_cli.models.modeling import HEADS, LongAttnConfig
+from longattn_cli.models.tokenizer import load_tokenizer
+from longattn_cmd.options import ConvertOptions
 
 POSITION_KEY = "embeddings.position_embeddings.weight"
 GLOBAL_KEY = "embeddings.global_embeddings.weight"
 
 
 def convert(
-    source: str,
-    max_length: int = 4096,
-    out: str | Path | None = None,
-    attention: str = "lsg",
-    attention_settings: dict[str, Any] | None = None,
-    random_global_init: bool = False,
-    global_positional_stride: int = 64,
-    seed: int = 0,
-    overwrite: bool = False,
+    source: str, max_length: int = ConvertOptions.max_length, out: str | Path | None = None, **options
 ):
-    """Convert ``source`` into a model taking ``max_length`` tokens and save it to ``out``.
+    """Convert ``source`` into a model taking ``max_length`` tokens and save it to ``out`` (the Python form
+    of ``longattn convert``).
 
     Args:
         source: checkpoint directory or hub id (RoBERTa, BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA,
             ALBERT, LSG or longattn).
         max_length: the new longest input, in tokens (special tokens included).
         out: output directory; defaults to ``<source name>-<max_length>``.
-        attention: a registered mechanism (``lsg``, ``softmax``, ...).
-        attention_settings: the mechanism's settings; for a source already using ``attention``, its own
-            settings are kept and these update them.
-        random_global_init: draw the global tokens' word part at random (see module docstring).
-        global_positional_stride: distance between the position rows that seed consecutive global tokens.
-        seed: seed of every random draw.
-        overwrite: replace an existing non-empty ``out``.
+        options: the other fields of :class:`~longattn_cmd.options.ConvertOptions` (``attention``,
+            ``random_global_init``, ``global_positional_stride``, ``seed``, ``overwrite``, the LSG settings),
+            and ``attention_settings``, the mechanism's settings (for a source already using ``attention``,
+            its own settings are kept and these update them).
 
     Returns:
         ``(out_path, source_model, converted_model, tokenizer)``, models in eval mode on CPU.
     """
-    out = Path(out) if out is not None else Path(f"{Path(source.rstrip('/')).name}-{max_length}")
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+    settings = dict(options.pop("attention_settings", None) or {})
+    out = None if out is None else str(out)
+    return convert_with(
+        ConvertOptions(source=source, max_length=max_length, out=out, settings=settings, **options)
+    )
+
+
+def convert_with(opts: ConvertOptions):
+    """:func:`convert` with its options as one object (what the command line builds)."""
+    opts.check()
+    source, max_length = opts.source, opts.max_length
+    out = Path(opts.out) if opts.out is not None else Path(f"{Path(source.rstrip('/')).name}-{max_length}")
+    if out.exists() and not opts.overwrite and (out.is_file() or any(out.iterdir())):
         raise UserError(f"output {str(out)!r} exists and is not empty; pass --overwrite to replace it")
-    get_mechanism(attention)  # an unknown name fails before any loading
-    if global_positional_stride < 1 or 512 % global_positional_stride:
-        raise UserError(
-            f"--global-positional-stride={global_positional_stride} must divide 512 (1, 2, 4, ..., 512)"
-        )
+    get_mechanism(opts.attention)  # an unknown name fails before any loading
+    stride = opts.global_positional_stride
+    if stride < 1 or 512 % stride:
+        raise UserError(f"--global-positional-stride={stride} must divide 512 (1, 2, 4, ..., 512)")
     src = load_model(source)
     tokenizer = load_tokenizer(source)
-    old = src.config
-    if max_length <= old.max_sequence_length:
+    if max_length <= src.config.max_sequence_length:
         raise UserError(
-            f"--max-length={max_length} is not above the source's length ({old.max_sequence_length} tokens); "
-            "convert makes models longer"
+            f"--max-length={max_length} is not above the source's length ({src.config.max_sequence_length} "
+            "tokens); convert makes models longer"
         )
-    config = new_config(old, max_length, attention, attention_settings)
-    torch.manual_seed(seed)
+    config = new_config(src.config, max_length, opts.attention, opts.attention_settings())
+    torch.manual_seed(opts.seed)
+    model = _long_model(src, tokenizer, config, opts)
+    tokenizer.model_max_length = max_length
+    save_atomically(model, tokenizer, out)
+    return out, src, model, tokenizer
+
+
+def _long_model(src, tokenizer, config: LongAttnConfig, opts: ConvertOptions):
+    """The source's head and weights in the new config: positions tiled, global tokens seeded."""
     head = next(name for name, cls in HEADS.items() if isinstance(src, cls))
     model = HEADS[head](config).eval()
     state = {k: v.clone() for k, v in src.state_dict().items()}
     prefix = "" if head == "base" else "longattn."
     state[prefix + POSITION_KEY] = tile_positions(
-        state[prefix + POSITION_KEY], old.position_offset, max_length
+        state[prefix + POSITION_KEY], src.config.position_offset, opts.max_length
     )
     state.pop(prefix + GLOBAL_KEY, None)
     if config.num_global_tokens:
         state[prefix + GLOBAL_KEY] = init_global_tokens(
-            src, tokenizer, config.num_global_tokens, global_positional_stride, random_global_init
+            src, tokenizer, config.num_global_tokens, opts.global_positional_stride, opts.random_global_init
         )
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in (getattr(model, "_tied_weights_keys", None) or {})]
@@ -100,9 +110,7 @@ def convert(
         raise RuntimeError(f"conversion left weights unmatched: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings:
         model.tie_weights()
-    tokenizer.model_max_length = max_length
-    save_atomically(model, tokenizer, out)
-    return out, src, model, tokenizer
+    return model
 
 
 def new_config(
@@ -269,21 +277,13 @@ def _measure_start(dev):
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         return torch.cuda.memory_allocated(dev), "CUDA peak allocated above the weights"
-    return _rss_peak_mb(), "process peak RSS growth (0 when below an earlier peak)"
+    return peak_rss_mb(), "process peak RSS growth (0 when below an earlier peak)"
 
 
 def _measure_end(dev, start) -> float:
     if dev.type == "cuda":
         return (torch.cuda.max_memory_allocated(dev) - start) / 2**20
-    return max(_rss_peak_mb() - start, 0.0)
-
-
-def _rss_peak_mb() -> float:
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return max(peak_rss_mb() - start, 0.0)
 
 
 def render_check(result: dict[str, Any], max_length: int) -> None:

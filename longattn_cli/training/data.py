@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from longattn_cli.errors import UserError
+from longattn_cli.models.tokenizer import train_bpe_tokenizer
 
 SUFFIX_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 PYTHON_DOCS = "python-docs"
@@ -43,13 +43,16 @@ def is_local(value: str) -> bool:
     return Path(value).expanduser().exists() or Path(value).suffix.lower() in SUFFIX_BUILDERS
 
 
-def python_docs_file(cache_dir: str) -> Path:
-    """CPython's pydoc topics written out as a text file, one paragraph per blank-line-separated block."""
+def python_docs_text() -> list[str]:
+    """Paragraphs of English (over 40 characters) from CPython's bundled pydoc topics, always installed."""
     from pydoc_data.topics import topics
 
-    text = "\n\n".join(
-        p.strip() for body in topics.values() for p in body.split("\n\n") if len(p.strip()) > 40
-    )
+    return [p.strip() for body in topics.values() for p in body.split("\n\n") if len(p.strip()) > 40]
+
+
+def python_docs_file(cache_dir: str) -> Path:
+    """CPython's pydoc topics written out as a text file, one paragraph per blank-line-separated block."""
+    text = "\n\n".join(python_docs_text())
     path = Path(cache_dir) / "python-docs" / f"topics-{_sha(text)}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,41 +265,6 @@ def tokenizer_hash(tokenizer) -> str:
     """Hash of what a tokenizer maps text to: its vocabulary and special tokens."""
     vocab = sorted(tokenizer.get_vocab().items())
     return _sha(vocab, tokenizer.all_special_tokens, type(tokenizer).__name__)[:12]
-
-
-def load_tokenizer(source: str):
-    """A tokenizer from a directory that holds only a tokenizer, or from a checkpoint / hub id."""
-    path = Path(source).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except Exception as exc:
-            raise UserError(f"no usable tokenizer in {source}: {_first_line(exc)}") from None
-    from longattn_cli.models.checkpoints import load_tokenizer as from_checkpoint
-
-    return from_checkpoint(source)
-
-
-def train_bpe_tokenizer(texts: Iterator[str], out_dir: Path, vocab_size: int, model_max_length: int):
-    """Train a byte-level BPE tokenizer with RoBERTa's special tokens on ``texts``; save it to ``out_dir``."""
-    from tokenizers import AddedToken, ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = ByteLevelBPETokenizer()
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4, as RoBERTa's: pad 1, positions from 2
-    tok.train_from_iterator(
-        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False
-    )
-    tok.save_model(str(out_dir))
-    mask = AddedToken(
-        "<mask>", lstrip=True, rstrip=False
-    )  # "the <mask>" carries no stray space, as RoBERTa's
-    fast = RobertaTokenizerFast.from_pretrained(out_dir, model_max_length=model_max_length, mask_token=mask)
-    fast.save_pretrained(out_dir)
-    return fast
 
 
 def corpus_tokenizer(raw, data, vocab_size: int, fingerprint: str, limit: int = 200_000):

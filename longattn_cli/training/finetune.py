@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from longattn_cli.errors import UserError
+from longattn_cli.models.tokenizer import load_tokenizer
 from longattn_cli.training import data as D
 from longattn_cli.training import labels as L
 from longattn_cli.training import metrics as M
-from longattn_cli.training.pretrain import apply_freezing, check_fit
+from longattn_cli.training.model_setup import apply_freezing, check_fit, fresh_config
 from longattn_cli.training.sampling import sharded
 from longattn_cli.training.train import Job
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+if TYPE_CHECKING:
+    from longattn_cli.training.config import FinetuneDataConfig, FinetuneModelConfig, TrainingConfig
 
 
 class ClassificationObjective(nn.Module):
@@ -37,23 +41,29 @@ class ClassificationObjective(nn.Module):
         return self.model(**batch).loss
 
 
-def load_split(d, value: str, what: str):
+def load_split(data_cfg: FinetuneDataConfig, value: str, what: str):
     """A split named in the recipe: a local file, or a split of ``data.source`` (a hub dataset or a directory)."""
     if D.is_local(value):
-        return D.load_raw(value, "train", d, what=what), D.source_fingerprint(value, "train", d)
-    if D.is_local(d.source) and not Path(d.source).expanduser().is_dir():
+        return D.load_raw(value, "train", data_cfg, what=what), D.source_fingerprint(value, "train", data_cfg)
+    if D.is_local(data_cfg.source) and not Path(data_cfg.source).expanduser().is_dir():
         raise UserError(
             f"{what}={value!r} is neither a file nor usable as a split name: data.source is a local file"
         )
-    return D.load_raw(d.source, value, d, what=what), D.source_fingerprint(d.source, value, d)
+    return D.load_raw(data_cfg.source, value, data_cfg, what=what), D.source_fingerprint(
+        data_cfg.source, value, data_cfg
+    )
 
 
-def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = None):
+def load_for_task(
+    model_cfg: FinetuneModelConfig, labels: L.Labels, tokenizer=None, max_length: int | None = None
+):
     """The starting checkpoint with a head for ``labels`` (the source's own head when it already fits), or
     without ``model.source`` a new model of the ``model.scratch`` architecture."""
     from longattn_cli.hub import resolve
-    from longattn_cli.models.checkpoints import detect_head, load_model, read_config
+    from longattn_cli.models.checkpoints import load_model
+    from longattn_cli.models.heads import detect_head
     from longattn_cli.models.modeling import HEADS
+    from longattn_cli.models.weights import read_config
 
     fields = {
         "num_labels": labels.num_labels,
@@ -61,28 +71,34 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
         "label2id": {n: i for i, n in enumerate(labels.names)},
         "problem_type": None if labels.problem_type == "token_classification" else labels.problem_type,
     }
-    if m.dropout is not None:
-        fields.update(hidden_dropout_prob=m.dropout, classifier_dropout=m.dropout)
-    if m.attention_dropout is not None:
-        fields["attention_probs_dropout_prob"] = m.attention_dropout
-    settings = m.attention_settings or None
-    if not m.source:
-        from longattn_cli.training.pretrain import fresh_config
-
-        extra = {"attention_probs_dropout_prob": m.attention_dropout or 0.0}
+    if model_cfg.dropout is not None:
+        fields.update(hidden_dropout_prob=model_cfg.dropout, classifier_dropout=model_cfg.dropout)
+    if model_cfg.attention_dropout is not None:
+        fields["attention_probs_dropout_prob"] = model_cfg.attention_dropout
+    settings = model_cfg.attention_settings or None
+    if not model_cfg.source:
+        extra = {"attention_probs_dropout_prob": model_cfg.attention_dropout or 0.0}
         config = fresh_config(
-            tokenizer, max_length, m.attention, settings, **{**extra, **m.scratch, **fields}
+            tokenizer, max_length, model_cfg.attention, settings, **{**extra, **model_cfg.scratch, **fields}
         )
-        return HEADS[m.task](config)
-    src = read_config(resolve(m.source))
+        return HEADS[model_cfg.task](config)
+    src = read_config(resolve(model_cfg.source))
     if src.get("model_type") in FOREIGN:
-        return _load_foreign(m, src, fields)
-    if detect_head(src) == m.task and len(src.get("id2label") or {}) == labels.num_labels:
-        return load_model(m.source, head=m.task, attention=m.attention, attention_settings=settings, **fields)
-    body = load_model(m.source, head="base", attention=m.attention, attention_settings=settings)
+        return _load_foreign(model_cfg, src, fields)
+    if detect_head(src) == model_cfg.task and len(src.get("id2label") or {}) == labels.num_labels:
+        return load_model(
+            model_cfg.source,
+            head=model_cfg.task,
+            attention=model_cfg.attention,
+            attention_settings=settings,
+            **fields,
+        )
+    body = load_model(
+        model_cfg.source, head="base", attention=model_cfg.attention, attention_settings=settings
+    )
     for k, v in fields.items():
         setattr(body.config, k, v)
-    model = HEADS[m.task](body.config)  # a fresh head (seeded), the source's encoder
+    model = HEADS[model_cfg.task](body.config)  # a fresh head (seeded), the source's encoder
     model.longattn.load_state_dict(body.state_dict())
     return model
 
@@ -92,26 +108,26 @@ def load_for_task(m, labels: L.Labels, tokenizer=None, max_length: int | None = 
 FOREIGN = {"longformer": "Longformer", "big_bird": "BigBird", "modernbert": "ModernBERT"}
 
 
-def _load_foreign(m, src: dict, fields: dict):
+def _load_foreign(model_cfg: FinetuneModelConfig, src: dict, fields: dict):
     """A Longformer, BigBird or ModernBERT checkpoint with a head for the task (the source's own where it
     fits, else a new one), its attention untouched."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from longattn_cli.hub import resolve
-    from longattn_cli.models.checkpoints import family_fields
+    from longattn_cli.models.families import family_fields
 
     family = src["model_type"]
-    given = [k for k in ("attention", "attention_settings", "scratch") if getattr(m, k)]
+    given = [k for k in ("attention", "attention_settings", "scratch") if getattr(model_cfg, k)]
     if given:
         raise UserError(
-            f"model.{given[0]} does not apply to model.source={m.source!r}, a {FOREIGN[family]} checkpoint that "
+            f"model.{given[0]} does not apply to model.source={model_cfg.source!r}, a {FOREIGN[family]} checkpoint that "
             f"keeps its own attention; remove it (it applies to longattn, RoBERTa and BERT sources)"
         )
-    directory = resolve(m.source)
+    directory = resolve(model_cfg.source)
     config = AutoConfig.from_pretrained(directory, **family_fields(family, fields))
     cls = (
         AutoModelForTokenClassification
-        if m.task == "token-classification"
+        if model_cfg.task == "token-classification"
         else AutoModelForSequenceClassification
     )
     import transformers
@@ -130,9 +146,46 @@ def foreign_positions(config) -> int:
     return n - 2 if config.model_type == "longformer" else n
 
 
-def _tokenizer(m):
-    tok = D.load_tokenizer(m.tokenizer or m.source)
-    if m.task == "token-classification":
+def _evaluation(
+    val, data_cfg: FinetuneDataConfig, training: TrainingConfig, labels: L.Labels, collate, notes
+):
+    """The evaluation on the validation split (a seeded subset of ``data.validation_examples``), or None."""
+    if val is not None and data_cfg.validation_examples and data_cfg.validation_examples < len(val):
+        # A seeded random subset, not the first N: files are often sorted by label (IMDB's are).
+        full = len(val)
+        val = val.shuffle(seed=training.seed).select(range(data_cfg.validation_examples))
+        notes.append(f"evaluating on {len(val):,} of {full:,} validation examples")
+    if val is None or "labels" not in val.column_names:
+        return None
+
+    def evaluate(net) -> dict[str, float]:
+        return score(labels, predict(net, val, collate, 2 * training.batch_size), val)
+
+    return evaluate
+
+
+def _model(model_cfg: FinetuneModelConfig, labels: L.Labels, tokenizer, max_length: int):
+    """The model with its head for the task, checked against the tokenizer and the length."""
+    model = load_for_task(model_cfg, labels, tokenizer, max_length)
+    if model.config.model_type in FOREIGN:
+        from longattn_cli.models.checkpoints import check_tokenizer
+
+        if max_length > foreign_positions(model.config):
+            raise UserError(
+                f"data.max_length={max_length} is above the {FOREIGN[model.config.model_type]} model's "
+                f"{foreign_positions(model.config)} positions; lower it"
+            )
+        check_tokenizer(model.config, tokenizer, model_cfg.tokenizer or model_cfg.source)
+    else:
+        check_fit(model.config, tokenizer, max_length, model_cfg.tokenizer or model_cfg.source)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _tokenizer(model_cfg: FinetuneModelConfig):
+    tok = load_tokenizer(model_cfg.tokenizer or model_cfg.source)
+    if model_cfg.task == "token-classification":
         try:
             tok(["a", "b"], is_split_into_words=True)
         except (ValueError, TypeError):  # byte-level BPE needs a prefix space to take pre-split words
@@ -142,7 +195,9 @@ def _tokenizer(m):
     return tok
 
 
-def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = False):
+def encode(
+    ds, tokenizer, data_cfg: FinetuneDataConfig, labels: L.Labels, task: str, keep_words: bool = False
+):
     """Tokenize a split (truncated to ``data.max_length``) and encode its labels when it has them."""
     has_labels = labels.column in ds.column_names
     token = task == "token-classification"
@@ -150,12 +205,17 @@ def encode(ds, tokenizer, d, labels: L.Labels, task: str, keep_words: bool = Fal
     def fn(batch):
         if token:
             enc = tokenizer(
-                batch[d.text_column], is_split_into_words=True, truncation=True, max_length=d.max_length
+                batch[data_cfg.text_column],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=data_cfg.max_length,
             )
         else:
-            pair = [t or "" for t in batch[d.text_pair_column]] if d.text_pair_column else None
-            texts = [t or "" for t in batch[d.text_column]]  # an empty cell is an empty text, not a crash
-            enc = tokenizer(texts, pair, truncation=True, max_length=d.max_length)
+            pair = [t or "" for t in batch[data_cfg.text_pair_column]] if data_cfg.text_pair_column else None
+            texts = [
+                t or "" for t in batch[data_cfg.text_column]
+            ]  # an empty cell is an empty text, not a crash
+            enc = tokenizer(texts, pair, truncation=True, max_length=data_cfg.max_length)
         out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         if token:
             words = [enc.word_ids(i) for i in range(len(enc["input_ids"]))]
@@ -235,71 +295,63 @@ def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
     return {"loss": M.loss(labels.problem_type, flat, gold), **M.compute(labels.problem_type, flat, gold)}
 
 
-def build(recipe, accelerator) -> Job:
-    """The fine-tuning job: splits, labels, tokenizer, model with its head, evaluation and predictions."""
-    m, d, t = recipe.model, recipe.data, recipe.training
-    if d.streaming:
+def load_splits(data_cfg: FinetuneDataConfig, task: str) -> tuple[dict[str, Any], list[str]]:
+    """The train split and whichever of validation and test the recipe names, with their columns checked;
+    and the fingerprints of their sources."""
+    if data_cfg.streaming:
         raise UserError("data.streaming is for pretraining corpora; fine-tuning reads its splits whole")
-    kinds = ("words",) if m.task == "token-classification" else ("text",)
-    train = D.load_raw(d.source, d.split, d)
-    prints = [D.source_fingerprint(d.source, d.split, d)]
-    splits = {"train": train}
+    kinds = ("words",) if task == "token-classification" else ("text",)
+    splits = {"train": D.load_raw(data_cfg.source, data_cfg.split, data_cfg)}
+    prints = [D.source_fingerprint(data_cfg.source, data_cfg.split, data_cfg)]
     for name in ("validation", "test"):
-        value = getattr(d, name)
+        value = getattr(data_cfg, name)
         if value:
-            splits[name], fp = load_split(d, value, f"data.{name}")
+            splits[name], fp = load_split(data_cfg, value, f"data.{name}")
             prints.append(fp)
     for name, ds in splits.items():
         where = "data.source" if name == "train" else f"data.{name}"
-        D.check_column(ds, d.text_column, kinds, where)
-        if d.text_pair_column:
-            D.check_column(ds, d.text_pair_column, ("text",), where)
-    labels = L.infer(
-        [train, *(s for k, s in splits.items() if k != "train" and d.label_column in s.column_names)],
-        d.label_column,
-        m.task,
-        m.problem_type,
-    )
-    tokenizer = _tokenizer(m)
-    model = load_for_task(m, labels, tokenizer, d.max_length)
-    if model.config.model_type in FOREIGN:
-        from longattn_cli.models.checkpoints import check_tokenizer
+        D.check_column(ds, data_cfg.text_column, kinds, where)
+        if data_cfg.text_pair_column:
+            D.check_column(ds, data_cfg.text_pair_column, ("text",), where)
+    return splits, prints
 
-        if d.max_length > foreign_positions(model.config):
-            raise UserError(
-                f"data.max_length={d.max_length} is above the {FOREIGN[model.config.model_type]} model's "
-                f"{foreign_positions(model.config)} positions; lower it"
-            )
-        check_tokenizer(model.config, tokenizer, m.tokenizer or m.source)
-    else:
-        check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    notes = apply_freezing(model, m.freeze, m.train_only)
+
+def build(recipe, accelerator) -> Job:
+    """The fine-tuning job: splits, labels, tokenizer, model with its head, evaluation and predictions."""
+    model_cfg, data_cfg, training = recipe.model, recipe.data, recipe.training
+    splits, prints = load_splits(data_cfg, model_cfg.task)
+    train = splits["train"]
+    labels = L.infer(
+        [train, *(s for k, s in splits.items() if k != "train" and data_cfg.label_column in s.column_names)],
+        data_cfg.label_column,
+        model_cfg.task,
+        model_cfg.problem_type,
+    )
+    tokenizer = _tokenizer(model_cfg)
+    model = _model(model_cfg, labels, tokenizer, data_cfg.max_length)
+    notes = apply_freezing(model, model_cfg.freeze, model_cfg.train_only)
     notes.append(
         f"{labels.problem_type.replace('_', ' ')} with {labels.num_labels} output(s); {len(train):,} training examples"
     )
-    encoded = {k: encode(v, tokenizer, d, labels, m.task, keep_words=k != "train") for k, v in splits.items()}
-    collate = _collator(tokenizer, m.task)
+    encoded = {
+        k: encode(v, tokenizer, data_cfg, labels, model_cfg.task, keep_words=k != "train")
+        for k, v in splits.items()
+    }
+    collate = _collator(tokenizer, model_cfg.task)
     metric, higher = M.BEST[labels.problem_type]
-    metric = t.metric_for_best or metric
+    metric = training.metric_for_best or metric
     higher = not M.lower_is_better(metric)
-    val = encoded.get("validation")
-    if val is not None and d.validation_examples and d.validation_examples < len(val):
-        # A seeded random subset, not the first N: files are often sorted by label (IMDB's are).
-        val = val.shuffle(seed=t.seed).select(range(d.validation_examples))
-        notes.append(f"evaluating on {len(val):,} of {len(encoded['validation']):,} validation examples")
-    evaluate = None
-    if val is not None and "labels" in val.column_names:
-
-        def evaluate(net) -> dict[str, float]:
-            return score(labels, predict(net, val, collate, 2 * t.batch_size), val)
-
+    evaluate = _evaluation(encoded.get("validation"), data_cfg, training, labels, collate, notes)
     fingerprint = D._sha(
-        prints, labels.names, labels.problem_type, d.max_length, d.text_column, d.text_pair_column
+        prints,
+        labels.names,
+        labels.problem_type,
+        data_cfg.max_length,
+        data_cfg.text_column,
+        data_cfg.text_pair_column,
     )
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
-    group = t.group_by_length if t.group_by_length is not None else len(set(lengths)) > 1
+    group = training.group_by_length if training.group_by_length is not None else len(set(lengths)) > 1
     if group:
         notes.append("training batches grouped by length (training.group_by_length)")
     return Job(
@@ -313,20 +365,26 @@ def build(recipe, accelerator) -> Job:
         evaluate=evaluate,
         metric_for_best=metric,
         greater_is_better=higher,
-        finish=lambda net: _finish(net, encoded, splits, labels, collate, t, m.task, d.text_column),
+        finish=lambda net: _finish(
+            net, encoded, splits, labels, collate, training, model_cfg.task, data_cfg.text_column
+        ),
         notes=notes,
         lengths=lengths if group else None,
     )
 
 
-def _finish(model, encoded, raw, labels: L.Labels, collate, t, task: str, text_column: str) -> dict[str, Any]:
+def _finish(
+    model, encoded, raw, labels: L.Labels, collate, training: TrainingConfig, task: str, text_column: str
+) -> dict[str, Any]:
     """Predictions for the test split (else validation) in ``predictions.jsonl``; its metrics in ``results.json``."""
     name = "test" if "test" in encoded else "validation" if "validation" in encoded else None
     if name is None:
         return {}
     ds = encoded[name]
-    logits = predict(model, ds, collate, 2 * t.batch_size)  # every process its share; the main one writes
-    out = Path(t.output_dir)
+    logits = predict(
+        model, ds, collate, 2 * training.batch_size
+    )  # every process its share; the main one writes
+    out = Path(training.output_dir)
     rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
     results = None
     if "labels" in ds.column_names:

@@ -7,16 +7,20 @@ byte-level BPE tokenizer trained on the way, on the English documentation that s
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from longattn_cli.errors import UserError
+from longattn_cli.models.tokenizer import load_tokenizer
 from longattn_cli.training import data as D
+from longattn_cli.training.model_setup import apply_freezing, check_fit, fresh_config
 from longattn_cli.training.sampling import sharded
 from longattn_cli.training.train import Job
+
+if TYPE_CHECKING:
+    from longattn_cli.training.config import PretrainDataConfig, PretrainModelConfig
 
 
 class MaskedLMObjective(nn.Module):
@@ -38,168 +42,100 @@ class MaskedLMObjective(nn.Module):
         return nn.functional.cross_entropy(logits.float(), labels[chosen])
 
 
-def apply_freezing(model: nn.Module, freeze: list[str], train_only: list[str]) -> list[str]:
-    """Set ``requires_grad`` by parameter-name patterns (fnmatch); returns notes for the user.
-
-    Raises:
-        UserError: a pattern that matches no parameter (with examples of names), or nothing left to train.
-    """
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in [*freeze, *train_only]:
-        if not fnmatch.filter(names, pattern):
-            raise UserError(
-                f"pattern {pattern!r} matches no parameter; names look like {', '.join(names[:2])}, ..., {names[-1]}"
-            )
-    for name, p in model.named_parameters():
-        if train_only:
-            p.requires_grad = any(fnmatch.fnmatch(name, pat) for pat in train_only)
-        if any(fnmatch.fnmatch(name, pat) for pat in freeze):
-            p.requires_grad = False
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable == 0:
-        raise UserError("model.freeze / model.train_only leave no parameter to train")
-    total = sum(p.numel() for p in model.parameters())
-    if trainable == total:
-        return []
-    return [f"training {trainable:,} of {total:,} parameters ({trainable / total:.1%})"]
-
-
-def pick_tokenizer(m, d, raw, fingerprint: str):
+def pick_tokenizer(model_cfg: PretrainModelConfig, data_cfg: PretrainDataConfig, raw, fingerprint: str):
     """The tokenizer named by the recipe, the source checkpoint's, or one trained on the corpus."""
-    if m.tokenizer or m.source:
-        return D.load_tokenizer(m.tokenizer or m.source), []
-    tok = D.corpus_tokenizer(raw, d, m.vocab_size, fingerprint)
+    if model_cfg.tokenizer or model_cfg.source:
+        return load_tokenizer(model_cfg.tokenizer or model_cfg.source), []
+    tok = D.corpus_tokenizer(raw, data_cfg, model_cfg.vocab_size, fingerprint)
     return tok, [f"byte-level BPE tokenizer with {len(tok):,} tokens trained on the corpus"]
 
 
-def fresh_config(
-    tokenizer,
-    max_length: int,
-    attention: str | None,
-    settings: dict | None,
-    vocab_size: int | None = None,
-    **fields,
-):
-    """A :class:`LongAttnConfig` for a model trained from scratch on ``tokenizer`` and ``max_length`` tokens.
-
-    Args:
-        tokenizer: its size and special ids go into the config (``vocab_size`` is used without one).
-        max_length: longest input, special tokens included.
-        attention: mechanism name (softmax when None); settings: its settings.
-        fields: any other config field (hidden_size, num_hidden_layers, classifier_pooling...).
-    """
-    from longattn_cli.models.modeling import LongAttnConfig
-
-    offset = 2  # RoBERTa's convention; positions count real tokens, so any tokenizer works with it
-    ids = {}
-    if tokenizer is not None:
-        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-        ids = {
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id if cls is None else cls,
-            "eos_token_id": tokenizer.eos_token_id if sep is None else sep,
-        }
-    return LongAttnConfig(
-        vocab_size=len(tokenizer) if tokenizer is not None else vocab_size,
-        max_position_embeddings=max_length + offset,
-        position_offset=offset,
-        attention=attention or "softmax",
-        attention_settings=settings,
-        **ids,
-        **fields,
-    )
-
-
-def scratch_config(m, d, tokenizer=None):
+def scratch_config(model_cfg: PretrainModelConfig, data_cfg: PretrainDataConfig, tokenizer=None):
     """The :class:`LongAttnConfig` of a model pretrained from scratch (``model.vocab_size`` without a tokenizer)."""
-    attention, settings = m.scratch_attention()
+    attention, settings = model_cfg.scratch_attention()
     return fresh_config(
         tokenizer,
-        d.max_length,
+        data_cfg.max_length,
         attention,
         settings,
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads,
-        intermediate_size=m.intermediate_size,
-        hidden_dropout_prob=m.dropout,
-        attention_probs_dropout_prob=m.attention_dropout or 0.0,
+        vocab_size=model_cfg.vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_hidden_layers,
+        num_attention_heads=model_cfg.num_attention_heads,
+        intermediate_size=model_cfg.intermediate_size,
+        hidden_dropout_prob=model_cfg.dropout,
+        attention_probs_dropout_prob=model_cfg.attention_dropout or 0.0,
     )
 
 
-def build_model(m, d, tokenizer):
+def build_model(model_cfg: PretrainModelConfig, data_cfg: PretrainDataConfig, tokenizer):
     """From scratch (the recipe's architecture) or from ``model.source``, as a ``LongAttnForMaskedLM``."""
     from longattn_cli.models.modeling import LongAttnForMaskedLM
 
-    if m.source:
+    if model_cfg.source:
         from longattn_cli.models.checkpoints import load_model
 
-        extra = {} if m.attention_dropout is None else {"attention_probs_dropout_prob": m.attention_dropout}
+        extra = (
+            {}
+            if model_cfg.attention_dropout is None
+            else {"attention_probs_dropout_prob": model_cfg.attention_dropout}
+        )
         model = load_model(
-            m.source,
+            model_cfg.source,
             head="masked-lm",
-            attention=m.attention,
-            attention_settings=m.attention_settings or None,
+            attention=model_cfg.attention,
+            attention_settings=model_cfg.attention_settings or None,
             **extra,
         )
     else:
-        model = LongAttnForMaskedLM(scratch_config(m, d, tokenizer))
-    check_fit(model.config, tokenizer, d.max_length, m.tokenizer or m.source)
-    if m.gradient_checkpointing:
+        model = LongAttnForMaskedLM(scratch_config(model_cfg, data_cfg, tokenizer))
+    check_fit(model.config, tokenizer, data_cfg.max_length, model_cfg.tokenizer or model_cfg.source)
+    if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
 
 
-def check_fit(config, tokenizer, max_length: int, tokenizer_name: str | None) -> None:
-    """The tokenizer's ids and the requested length must fit the model's tables."""
-    if max_length > config.max_sequence_length:
-        raise UserError(
-            f"data.max_length={max_length} is above the model's {config.max_sequence_length} positions; "
-            "lower it, or convert the model to a longer one with `longattn convert`"
-        )
-    from longattn_cli.models.checkpoints import check_tokenizer
-
-    check_tokenizer(config, tokenizer, tokenizer_name)
-
-
 def build(recipe, accelerator) -> Job:
     """The pretraining job: data, tokenizer, model, masking and (with validation data) the MLM loss."""
-    m, d, t = recipe.model, recipe.data, recipe.training
-    raw = D.load_raw(d.source, d.split, d)
-    D.check_column(raw, d.text_column, ("text",), "data.source")
-    fingerprint = D.source_fingerprint(d.source, d.split, d)
+    model_cfg, data_cfg, training = recipe.model, recipe.data, recipe.training
+    raw = D.load_raw(data_cfg.source, data_cfg.split, data_cfg)
+    D.check_column(raw, data_cfg.text_column, ("text",), "data.source")
+    fingerprint = D.source_fingerprint(data_cfg.source, data_cfg.split, data_cfg)
     held_out = None
-    if not d.validation and d.validation_split and not d.streaming:
-        raw, held_out, fingerprint = hold_out(raw, d.validation_split, t.seed, fingerprint)
-    tokenizer, notes = pick_tokenizer(m, d, raw, fingerprint)
-    tokenizer.model_max_length = d.max_length
-    model = build_model(m, d, tokenizer)
-    notes += apply_freezing(model, m.freeze, m.train_only)
-    packed, data_key, hit = D.pack(raw, tokenizer, d, fingerprint)
-    if not d.streaming:
+    if not data_cfg.validation and data_cfg.validation_split and not data_cfg.streaming:
+        raw, held_out, fingerprint = hold_out(raw, data_cfg.validation_split, training.seed, fingerprint)
+    tokenizer, notes = pick_tokenizer(model_cfg, data_cfg, raw, fingerprint)
+    tokenizer.model_max_length = data_cfg.max_length
+    model = build_model(model_cfg, data_cfg, tokenizer)
+    notes += apply_freezing(model, model_cfg.freeze, model_cfg.train_only)
+    packed, data_key, hit = D.pack(raw, tokenizer, data_cfg, fingerprint)
+    if not data_cfg.streaming:
         notes.append(
-            f"{len(packed):,} blocks of {d.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})"
+            f"{len(packed):,} blocks of {data_cfg.max_length:,} tokens ({'reused from the cache' if hit else 'packed and cached'})"
         )
-    collate = D.MaskingCollator(tokenizer, d.mlm_probability, d.whole_word_mask, t.seed)
+    collate = D.MaskingCollator(tokenizer, data_cfg.mlm_probability, data_cfg.whole_word_mask, training.seed)
     evaluate = finish = None
-    if d.validation or held_out is not None:
+    if data_cfg.validation or held_out is not None:
         if held_out is None:
             held_out = D.load_raw(
-                d.validation if D.is_local(d.validation) else d.source,
-                d.validation,
-                d,
+                data_cfg.validation if D.is_local(data_cfg.validation) else data_cfg.source,
+                data_cfg.validation,
+                data_cfg,
                 what="data.validation",
             )
-            D.check_column(held_out, d.text_column, ("text",), "data.validation")
+            D.check_column(held_out, data_cfg.text_column, ("text",), "data.validation")
             fingerprint = D.source_fingerprint(
-                d.validation if D.is_local(d.validation) else d.source, d.validation, d
+                data_cfg.validation if D.is_local(data_cfg.validation) else data_cfg.source,
+                data_cfg.validation,
+                data_cfg,
             )
         else:
             fingerprint = fingerprint + "-held-out"
             notes.append(f"{len(held_out):,} documents held out for validation (data.validation_split)")
-        evaluate, valid_blocks = _validation(held_out, fingerprint, d, tokenizer, collate, t.batch_size)
-        finish = _closing_report(model, evaluate, valid_blocks, packed, held_out, tokenizer, d)
+        evaluate, valid_blocks = _validation(
+            held_out, fingerprint, data_cfg, tokenizer, collate, training.batch_size
+        )
+        finish = _closing_report(model, evaluate, valid_blocks, packed, held_out, tokenizer, data_cfg)
     return Job(
         model=model,
         objective=MaskedLMObjective(model),
@@ -209,9 +145,9 @@ def build(recipe, accelerator) -> Job:
         tokens=lambda b: int(b["attention_mask"].sum()),
         fingerprint={"tokenizer": D.tokenizer_hash(tokenizer), "data": data_key},
         evaluate=evaluate,
-        metric_for_best=t.metric_for_best or "loss",
+        metric_for_best=training.metric_for_best or "loss",
         greater_is_better=False,
-        stream_length=d.streaming_examples if d.streaming else None,
+        stream_length=data_cfg.streaming_examples if data_cfg.streaming else None,
         notes=notes,
         finish=finish,
     )
@@ -229,10 +165,10 @@ def hold_out(raw, fraction: float, seed: int, fingerprint: str):
     return parts["train"], parts["test"], D._sha(fingerprint, "held-out", fraction, seed)
 
 
-def _validation(raw, fingerprint: str, d, tokenizer, collate, batch_size: int):
+def _validation(raw, fingerprint: str, data_cfg: PretrainDataConfig, tokenizer, collate, batch_size: int):
     """MLM loss on the validation blocks, with fixed masks (the same every evaluation): ``(evaluate, the
     validation blocks)``."""
-    blocks, _, _ = D.pack(raw, tokenizer, d, fingerprint, what="data.validation")
+    blocks, _, _ = D.pack(raw, tokenizer, data_cfg, fingerprint, what="data.validation")
     rows = (
         list(blocks.take(256))
         if not hasattr(blocks, "__len__")
@@ -277,7 +213,9 @@ def unigram_loss(train_blocks, rows, tokenizer) -> float:
     return float(-logp[ids].mean())
 
 
-def _closing_report(model, evaluate, valid_blocks, train_blocks, held_out, tokenizer, d):
+def _closing_report(
+    model, evaluate, valid_blocks, train_blocks, held_out, tokenizer, data_cfg: PretrainDataConfig
+):
     """The summary rows: validation loss before and after next to the unigram baseline, and fill-mask
     predictions on held-out sentences. The loss before training is measured now, on the fresh weights."""
     from accelerate import PartialState
@@ -288,7 +226,7 @@ def _closing_report(model, evaluate, valid_blocks, train_blocks, held_out, token
     before = evaluate(model, local=True)["loss"] if PartialState().is_main_process else float("nan")
     model.train()
     baseline = unigram_loss(train_blocks, valid_blocks, tokenizer)
-    samples = sample_sentences(held_out, tokenizer, d.text_column, train_blocks)
+    samples = sample_sentences(held_out, tokenizer, data_cfg.text_column, train_blocks)
 
     def finish(model) -> dict[str, Any]:
         after = evaluate(model)["loss"]

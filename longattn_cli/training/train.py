@@ -24,11 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from longattn_cli.devices import is_out_of_memory, peak_memory_mb
 from longattn_cli.errors import UserError
 from longattn_cli.training import trainstate
+from longattn_cli.training.accelerator import make_accelerator
 from longattn_cli.training.config import to_dict
 from longattn_cli.training.progress import Reporter
 from longattn_cli.training.sampling import Order, StreamOrder
+from longattn_cli.training.signals import Stop
 
 
 @dataclasses.dataclass
@@ -67,96 +70,6 @@ class Job:
     stream_length: int | None = None
     lengths: list[int] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
-
-
-class Stop:
-    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        # A second Ctrl-C aborts; a SIGTERM after the first signal is ignored, because launchers (torchrun)
-        # answer Ctrl-C by sending SIGTERM to workers that are already saving.
-        if self.signal is not None:
-            if signum == signal.SIGINT and self.signal == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.signal = signum
-
-
-def make_accelerator(precision: str):
-    """An ``Accelerator`` for ``training.mixed_precision`` (``auto``: bf16 on GPUs that have it, else none)."""
-    import os
-
-    from accelerate import Accelerator
-
-    if precision == "auto":
-        precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or (
-            "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        )
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
-        raise UserError(
-            "DeepSpeed is not supported (its engine would take over longattn's step and checkpoints); shard with "
-            "FSDP2 instead (accelerate launch --use_fsdp --fsdp_version 2 ...) or launch data parallel with --multi_gpu"
-        )
-    fsdp, version = _flag("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION", "1")
-    if fsdp and version != "2":
-        raise UserError(
-            f"FSDP version {version}: longattn shards with FSDP2 (fully_shard); "
-            "add --fsdp_version 2 to accelerate launch"
-        )
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
-    # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = world > 1 and not torch.cuda.is_available()
-    if fsdp and not torch.cuda.is_available() and world < 2:
-        raise UserError(
-            f"FSDP on this CPU-only machine needs at least 2 processes (WORLD_SIZE={world}); launch with "
-            "accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 (or more)"
-        )
-    try:
-        accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False, cpu=cpu)
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(f"training.mixed_precision={precision}: {exc}") from None
-    if fsdp and cpu:
-        _shard_on_cpu(accelerator)
-    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("DEEPSPEED", "MEGATRON_LM"):
-        raise UserError(f"accelerate's {kind} is not supported; launch data parallel (DDP) or FSDP2 instead")
-    return accelerator
-
-
-def _flag(name: str) -> bool:
-    import os
-
-    return os.environ.get(name, "").lower() in ("1", "true")
-
-
-def _shard_on_cpu(accelerator) -> None:
-    """FSDP2 over gloo on CPU processes: accelerate forms the group (``cpu=True``) but only switches to FSDP on
-    accelerators, and torch's ``fully_shard`` runs on gloo; so the plugin that ``accelerate launch --use_fsdp``
-    describes (its ``FSDP_*`` variables) is set on the state here, where accelerate would have set it."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    plugin = FullyShardedDataParallelPlugin()
-    if accelerator.mixed_precision != "no":
-        plugin.set_mixed_precision(accelerator.mixed_precision)
-    accelerator.state.fsdp_plugin = plugin
-    # Both states: accelerate re-reads the type from PartialState's shared dict after prepare().
-    accelerator.state.distributed_type = DistributedType.FSDP
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -236,34 +149,19 @@ class _Run:
         self.signature = trainstate.signature(
             to_dict(recipe), job.fingerprint["tokenizer"], job.fingerprint["data"], self.world
         )
-        self.state: dict[str, Any] = {
-            "step": 0,
-            "tokens": 0,
-            "best_metric": None,
-            "best_step": None,
-            "extensions": [],  # every resume that moved the end of the run: {"at_step", "total_steps", "changed"}
-            "micro_batch": None,  # [batch, accumulation] once training.auto_batch_size has split the batches
-        }
+        self.state = _fresh_state()
         self.resumed_from = None
         # FSDP2: the model is sharded in place by prepare(); its checkpoints hold the shards (every process
         # writes its own), and evaluation and the saved models use an unsharded copy (see _plain).
         self.sharded = bool(getattr(accelerator, "is_fsdp2", False))
         self.model_class, self._copy, self._copy_step = type(job.model), None, None
-        if cfg.auto_batch_size and (self.world > 1 or job.stream_length is not None):
-            raise UserError(
-                "training.auto_batch_size runs in one process on a map-style dataset; with several processes "
-                "or a streamed corpus set training.batch_size and gradient_accumulation_steps yourself"
-            )
+        _check_auto_batch_size(cfg, self.world, job)
         rng = self._restore(resume, optimizer) if resume else None
         if self.state["micro_batch"]:  # the split an earlier out-of-memory forced, kept across resumes
             self.batch, self.accumulation = self.state["micro_batch"]
             order = self._order()
         if self.sharded:
-            # accelerate reads these from the root it shards: the layer classes for its transformer wrap policy,
-            # and tie_weights(), which it calls after moving the model to the meta device and back (without
-            # it the MLM decoder would come back untied from the word embeddings and train as its own matrix).
-            job.objective._no_split_modules = getattr(job.model, "_no_split_modules", None)
-            job.objective.tie_weights = job.model.tie_weights
+            _expose_to_fsdp2(job)
         self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
         if resume:
             if self.sharded:
@@ -273,14 +171,9 @@ class _Run:
                 self._extend(resume[1], changed, optimizer)
         if job.stream_length is not None:
             order = StreamOrder(
-                job.train,
-                job.stream_length,
-                cfg.batch_size,
-                self.world,
-                self.rank,
-                cfg.gradient_accumulation_steps,
-                self.state["step"],
-            )
+                job.train, job.stream_length, cfg.batch_size, self.world, self.rank,
+                cfg.gradient_accumulation_steps, self.state["step"],
+            )  # fmt: skip
         self.order = order
         if rng is not None:
             trainstate.set_rng_state(rng)  # last: everything above may have drawn random numbers
@@ -436,7 +329,7 @@ class _Run:
             try:
                 return self._one_step(stop)
             except RuntimeError as exc:
-                if not _out_of_memory(exc) or self.batch == 1:
+                if not is_out_of_memory(exc) or self.batch == 1:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
                 del exc
@@ -541,12 +434,32 @@ class _Run:
         return where
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error, or the CPU allocator's failure."""
-    text = str(exc)
-    return (
-        isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
-    )
+def _fresh_state() -> dict[str, Any]:
+    """What a run's ``trainer_state.json`` records, at step 0."""
+    return {
+        "step": 0,
+        "tokens": 0,
+        "best_metric": None,
+        "best_step": None,
+        "extensions": [],  # every resume that moved the end of the run: {"at_step", "total_steps", "changed"}
+        "micro_batch": None,  # [batch, accumulation] once training.auto_batch_size has split the batches
+    }
+
+
+def _check_auto_batch_size(cfg, world: int, job: Job) -> None:
+    if cfg.auto_batch_size and (world > 1 or job.stream_length is not None):
+        raise UserError(
+            "training.auto_batch_size runs in one process on a map-style dataset; with several processes "
+            "or a streamed corpus set training.batch_size and gradient_accumulation_steps yourself"
+        )
+
+
+def _expose_to_fsdp2(job: Job) -> None:
+    """What accelerate reads from the root it shards: the layer classes for its transformer wrap policy, and
+    tie_weights(), which it calls after moving the model to the meta device and back (without it the MLM
+    decoder would come back untied from the word embeddings and train as its own matrix)."""
+    job.objective._no_split_modules = getattr(job.model, "_no_split_modules", None)
+    job.objective.tie_weights = job.model.tie_weights
 
 
 def _free_memory() -> None:
@@ -621,17 +534,6 @@ def _write_recipe(out: Path, recipe) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA's allocator peak on a GPU, the peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def _write_summary(

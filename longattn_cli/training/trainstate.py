@@ -222,7 +222,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def load_weights(model, path: Path) -> None:
     """Load a checkpoint's weights into ``model`` in place (tied weights are re-tied)."""
-    from longattn_cli.models.checkpoints import read_state_dict
+    from longattn_cli.models.weights import read_state_dict
 
     load_state(model, read_state_dict(path), str(path))
 

@@ -1,0 +1,55 @@
+"""What the numbers were measured on: CPU, threads, memory, versions; and the memory a point may take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def machine(device: str, threads: int | None) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+    import platform
+
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "memory_gb": _total_memory_gb(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "gpu": None,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _total_memory_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return None
+
+
+def available_memory() -> int | None:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available
+    except ImportError:  # pragma: no cover
+        return None
