@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 
 
+def _overrides(help: str):
+    """The trailing ``key=value`` arguments of a command (optional, repeatable)."""
+    return typer.Argument(None, help=help, show_default=False)
+
+
 @app.callback()
 def _root() -> None:
     """Pretrain, convert, fine-tune, benchmark and query encoders with efficient long-sequence attention."""
@@ -92,7 +97,10 @@ def data_listops_cmd(
     """Generate the LRA ListOps task (unique trees, deterministic under --seed)."""
     from longattn_cli.lra import cli as lra_cli
 
-    lra_cli.listops(out, train, validation, test, min_length, max_length, max_depth, max_args, seed)
+    lra_cli.listops(
+        out, train=train, validation=validation, test=test, min_length=min_length, max_length=max_length,
+        max_depth=max_depth, max_args=max_args, seed=seed,
+    )  # fmt: skip
 
 
 @data_app.command("text")
@@ -125,10 +133,8 @@ def lra_report_cmd(
 @lra_app.command("run")
 def lra_run_cmd(
     task: str = typer.Argument(..., help="listops or text."),
-    overrides: list[str] = typer.Argument(
-        None,
-        help="Recipe overrides for every run, key=value, e.g. training.max_steps=100.",
-        show_default=False,
+    overrides: list[str] = _overrides(
+        "Recipe overrides for every run, key=value, e.g. training.max_steps=100."
     ),
     scale: str = typer.Option(
         "cpu",
@@ -155,7 +161,10 @@ def lra_run_cmd(
     """
     from longattn_cli.lra.run import run
 
-    code = run(task, scale, attention, out, overrides, source, recipes, data)
+    code = run(
+        task, scale=scale, attention=attention, out=out, overrides=overrides, text_source=source, recipes=recipes,
+        data=data,
+    )  # fmt: skip
     if code:
         sys.exit(code)
 
@@ -222,6 +231,35 @@ class ConvertCheck:
 app.command("convert")(command(convert_cmd, ConvertOptions, ConvertCheck))
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument(
+        ..., help="Fine-tuned checkpoint directory (longattn finetune's output) or hub id."
+    ),
+    overrides: list[str] = _overrides(
+        "finetune's data.* keys, key=value (default: the model's own recipe's), e.g. data.split=test."
+    ),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Labelled data: a file, a folder of split files, a saved dataset or a hub id.",
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Score a fine-tuned model on labelled data, with finetune's metrics (table or --json).
+
+    Runs in one process; `accelerate launch -m longattn_cmd evaluate ...` shares the batches among processes.
+    """
+    from longattn_cli.inference.evaluate import evaluate, render
+    from longattn_cli.training.config import parse_overrides
+
+    result = evaluate(model, data, parse_overrides(overrides), batch_size)
+    if os.environ.get("RANK", "0") == "0":
+        render(result, as_json)
+
+
 OVERRIDES_HELP = (
     "Recipe overrides, key=value with dotted keys (they win over the recipe), e.g. training.max_steps=100."
 )
@@ -263,7 +301,7 @@ def _train(
 
 @app.command("pretrain")
 def pretrain_cmd(
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    overrides: list[str] = _overrides(OVERRIDES_HELP),
     recipe: str = typer.Option(
         None, "--recipe", "-r", help="YAML recipe (default: the embedded default recipe)."
     ),
@@ -281,7 +319,7 @@ def pretrain_cmd(
 
 @app.command("finetune")
 def finetune_cmd(
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    overrides: list[str] = _overrides(OVERRIDES_HELP),
     recipe: str = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/finetune/)."),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
     show: bool = typer.Option(

@@ -237,7 +237,7 @@ def encode(
     return ds.map(fn, batched=True, remove_columns=ds.column_names)
 
 
-def _collator(tokenizer, task: str):
+def collator(tokenizer, task: str):
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
     pad = (
@@ -295,6 +295,26 @@ def score(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float]:
     return {"loss": M.loss(labels.problem_type, flat, gold), **M.compute(labels.problem_type, flat, gold)}
 
 
+def final_scores(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, float | None]:
+    """:func:`score` and what a final report adds: per-class precision, recall and F1 (single-label and token
+    classification), Pearson's r (regression), entity-level F1 (token labels in BIO form)."""
+    out: dict[str, float | None] = dict(score(labels, logits, ds))
+    flat, gold = _stacked(labels, logits), _gold(labels, ds)
+    if labels.problem_type == "regression":
+        out["pearson"] = M.pearson(flat.squeeze(-1), gold)
+    elif labels.problem_type in ("single_label_classification", "token_classification"):
+        keep = gold != -100
+        out.update(M.per_class(flat.argmax(-1)[keep], gold[keep], labels.names))
+    if labels.problem_type == "token_classification" and any(n[:2] in ("B-", "I-") for n in labels.names):
+        tags = [[], []]
+        for scores, gold_ids in zip(logits, ds["labels"], strict=True):
+            kept = [j for j, t in enumerate(gold_ids) if t != -100]
+            tags[0].append([labels.names[scores[j].argmax().item()] for j in kept])
+            tags[1].append([labels.names[gold_ids[j]] for j in kept])
+        out["entity_f1"] = M.entity_f1(*tags)
+    return out
+
+
 def load_splits(data_cfg: FinetuneDataConfig, task: str) -> tuple[dict[str, Any], list[str]]:
     """The train split and whichever of validation and test the recipe names, with their columns checked;
     and the fingerprints of their sources."""
@@ -337,7 +357,7 @@ def build(recipe, accelerator) -> Job:
         k: encode(v, tokenizer, data_cfg, labels, model_cfg.task, keep_words=k != "train")
         for k, v in splits.items()
     }
-    collate = _collator(tokenizer, model_cfg.task)
+    collate = collator(tokenizer, model_cfg.task)
     metric, higher = M.BEST[labels.problem_type]
     metric = training.metric_for_best or metric
     higher = not M.lower_is_better(metric)
@@ -388,10 +408,13 @@ def _finish(
     rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
     results = None
     if "labels" in ds.column_names:
-        results = {"split": name, **score(labels, logits, ds)}
+        results = {"split": name, **final_scores(labels, logits, ds)}
         if labels.problem_type == "single_label_classification":
             results["majority_accuracy"] = L.majority_share(ds["labels"])
-        rows.update({f"{name} {k}": v for k, v in results.items() if k != "split"})
+        # The report's rows: the overall figures (results.json has every class's too).
+        rows.update(
+            {f"{name} {k}": v for k, v in results.items() if k != "split" and " " not in k and v is not None}
+        )
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

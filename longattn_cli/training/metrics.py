@@ -63,3 +63,47 @@ BEST = {
 
 def lower_is_better(metric: str) -> bool:
     return metric in ("mse", "loss")
+
+
+def per_class(pred: torch.Tensor, gold: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Precision, recall and F1 of every class (``"precision NAME"``...; 0 where a class is never predicted
+    or never true)."""
+    out = {}
+    for c, name in enumerate(names):
+        tp = ((pred == c) & (gold == c)).sum().item()
+        predicted, true = (pred == c).sum().item(), (gold == c).sum().item()
+        out[f"precision {name}"] = tp / predicted if predicted else 0.0
+        out[f"recall {name}"] = tp / true if true else 0.0
+        out[f"f1 {name}"] = 2 * tp / (predicted + true) if predicted + true else 0.0
+    return out
+
+
+def pearson(pred: torch.Tensor, gold: torch.Tensor) -> float | None:
+    """Pearson's correlation of predictions and targets (None when either is constant)."""
+    x, y = pred.double() - pred.double().mean(), gold.double() - gold.double().mean()
+    norm = (x.square().sum() * y.square().sum()).sqrt().item()
+    return (x * y).sum().item() / norm if norm else None
+
+
+def entities(tags: list[str]) -> set[tuple[int, int, str]]:
+    """Spans ``(start, end, type)`` of a BIO tag sequence (``B-X`` starts one; ``I-X`` continues a span of
+    type X or, after anything else, starts one, as seqeval reads IOB2 by default)."""
+    spans, start, kind = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, name = tag.partition("-")
+        continues = prefix == "I" and name == kind
+        if start is not None and not continues:
+            spans.add((start, i, kind))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and not continues):
+            start, kind = i, name
+    return spans
+
+
+def entity_f1(pred: list[list[str]], gold: list[list[str]]) -> float:
+    """Micro F1 over entity spans, example by example (an entity counts only when span and type match)."""
+    tp = found = true = 0
+    for p, g in zip(pred, gold, strict=True):
+        ps, gs = entities(p), entities(g)
+        tp, found, true = tp + len(ps & gs), found + len(ps), true + len(gs)
+    return 2 * tp / (found + true) if found + true else 1.0
