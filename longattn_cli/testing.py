@@ -146,3 +146,14 @@ def tiny_lsg_checkpoint(out_dir: str | Path, tokenizer_dir: str | Path | None = 
     state["roberta.embeddings.global_embeddings.weight"] = table
     save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
     return ref, table
+
+
+def tiny_config(attention: str = "softmax", block: int = 8, **fields):
+    """A tiny :class:`LongAttnConfig` (``TINY``'s shape, no dropout) with ``attention``; LSG gets blocks of
+    ``block`` tokens so that short inputs span several. ``fields`` override any config field."""
+    from longattn_cli.models.modeling import LongAttnConfig
+
+    config = LongAttnConfig(**{**TINY, "attention": attention, **fields})
+    if attention == "lsg":
+        config.set_attention(block_size=block, sparse_block_size=block)
+    return config

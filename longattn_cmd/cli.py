@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -258,6 +259,56 @@ def evaluate_cmd(
     result = evaluate(model, data, parse_overrides(overrides), batch_size)
     if os.environ.get("RANK", "0") == "0":
         render(result, as_json)
+
+
+@app.command("embed")
+def embed_cmd(
+    model: str = typer.Argument(..., help="Checkpoint directory or hub id (its encoder is used, any head)."),
+    overrides: list[str] = _overrides("finetune's data.* keys, key=value, e.g. data.text_column=abstract."),
+    data: str = typer.Option(
+        None, "--data", "-d", help="Documents: a file, a folder of split files, a saved dataset or a hub id."
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Output file: .npy (one row per document) or .parquet."
+    ),
+    pooling: str = typer.Option("mean", help="mean (over real tokens), cls (first token) or max."),
+    normalize: bool = typer.Option(False, "--normalize", help="Scale every vector to unit length."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Documents per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    sentence_transformers: bool = typer.Option(
+        False,
+        "--sentence-transformers",
+        help="Also write the sentence-transformers files into MODEL (a local folder) with this pooling, so "
+        "that SentenceTransformer(MODEL).encode(texts) gives the same vectors.",
+    ),
+):
+    """One vector per document: mean over its real tokens by default (--pooling, --normalize)."""
+    from longattn_cli.inference import embed
+    from longattn_cli.training.config import parse_overrides
+
+    if not data and not sentence_transformers:
+        raise UserError(
+            "give --data and --out to embed documents, or --sentence-transformers to write its files"
+        )
+    if data and not out:
+        raise UserError("--out is missing: where the vectors go (a .npy or .parquet file)")
+    if sentence_transformers:
+        if not Path(model).is_dir():
+            raise UserError(
+                f"--sentence-transformers writes into MODEL, which must be a local folder; got {model!r}"
+            )
+        from longattn_cli.models.sentence import save_sentence_transformers
+
+        save_sentence_transformers(model, pooling, normalize)
+        print(f"wrote the sentence-transformers files into {model} ({pooling} pooling)", file=sys.stderr)
+    if data:
+        done = embed.embed(
+            model, data, out, pooling, normalize, batch_size, parse_overrides(overrides), overwrite
+        )
+        print(
+            f"{done['documents']:,} vectors of {done['dimension']} ({pooling}) -> {done['out']}",
+            file=sys.stderr,
+        )
 
 
 OVERRIDES_HELP = (

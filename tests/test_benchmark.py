@@ -535,14 +535,10 @@ def test_the_layer_scope_times_the_models_own_attention_half(mechanism):
     the feed-forward), caught with a hook: a change to ``LongAttnLayer.forward`` that the benchmark does not
     follow fails here."""
     from longattn_cli.bench.point import AttentionBlock
-    from longattn_cli.models.modeling import LongAttnConfig, LongAttnLayer
+    from longattn_cli.models.modeling import LongAttnLayer
+    from longattn_cli.testing import tiny_config
 
-    config = LongAttnConfig(
-        hidden_size=32, num_attention_heads=4, intermediate_size=48, attention=mechanism,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    if mechanism == "lsg":
-        config.set_attention(block_size=8, sparse_block_size=8)
+    config = tiny_config(mechanism)
     torch.manual_seed(0)
     layer = LongAttnLayer(config).eval()
     x = torch.randn(2, 40, 32)

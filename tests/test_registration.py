@@ -182,20 +182,13 @@ def checkpoints(tmp_path_factory, bpe_dir):
     from transformers import AutoTokenizer
 
     from longattn_cli.models.modeling import HEADS as CLASSES
-    from longattn_cli.models.modeling import LongAttnConfig
-    from longattn_cli.testing import save_perturbed
+    from longattn_cli.testing import save_perturbed, tiny_config
 
     tok = AutoTokenizer.from_pretrained(bpe_dir)
     folders = {}
     for i, (head, (_, mechanism)) in enumerate(HEADS.items()):
-        config = LongAttnConfig(
-            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=130, attention=mechanism,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-            id2label={0: "NEG", 1: "NEUTRAL", 2: "POS"},
-        )  # fmt: skip
-        if mechanism == "lsg":
-            config.set_attention(block_size=8, sparse_block_size=8)
+        labels = {0: "NEG", 1: "NEUTRAL", 2: "POS"}
+        config = tiny_config(mechanism, vocab_size=len(tok), max_position_embeddings=130, id2label=labels)
         torch.manual_seed(i)
         d = tmp_path_factory.mktemp(head)
         save_perturbed(CLASSES[head](config).eval(), d, bpe_dir)

@@ -29,8 +29,10 @@ import torch
 from longattn_cli.attention import get_mechanism
 from longattn_cli.devices import peak_rss_mb
 from longattn_cli.errors import UserError
+from longattn_cli.hub import resolve
 from longattn_cli.models.checkpoints import load_model
 from longattn_cli.models.modeling import HEADS, LongAttnConfig
+from longattn_cli.models.sentence import save_sentence_transformers, sentence_transformers_pooling
 from longattn_cli.models.tokenizer import load_tokenizer
 from longattn_cmd.options import ConvertOptions
 
@@ -86,7 +88,12 @@ def convert_with(opts: ConvertOptions):
     torch.manual_seed(opts.seed)
     model = _long_model(src, tokenizer, config, opts)
     tokenizer.model_max_length = max_length
-    save_atomically(model, tokenizer, out)
+    sentence = sentence_transformers_pooling(
+        resolve(source)
+    )  # a sentence-transformers source keeps its pooling
+    save_atomically(
+        model, tokenizer, out, (lambda d: save_sentence_transformers(d, *sentence)) if sentence else None
+    )
     return out, src, model, tokenizer
 
 
@@ -190,13 +197,16 @@ def init_global_tokens(src, tokenizer, count: int, stride: int, random_init: boo
     return table
 
 
-def save_atomically(model, tokenizer, out: Path) -> None:
-    """Write model and tokenizer to a temporary sibling of ``out``, then rename it into place."""
+def save_atomically(model, tokenizer, out: Path, then=None) -> None:
+    """Write model and tokenizer to a temporary sibling of ``out`` (and whatever ``then(folder)`` adds), then
+    rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if then is not None:
+            then(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / "x")
