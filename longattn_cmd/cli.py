@@ -311,6 +311,34 @@ def embed_cmd(
         )
 
 
+@app.command("predict")
+def predict_cmd(
+    model: str = typer.Argument(
+        ..., help="Fine-tuned checkpoint directory (longattn finetune's output) or hub id."
+    ),
+    overrides: list[str] = _overrides("finetune's data.* keys, key=value (default: the model's recipe's)."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="Examples: a file, a folder of split files, a saved dataset or a hub id."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per forward pass."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an output file after the rows it holds."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+):
+    """Labels, scores and every class's probability for each example (each word for token tasks), in input order.
+
+    Ctrl-C leaves a valid file of the rows done; --resume continues after them.
+    """
+    from longattn_cli.inference.predict import predict_file
+    from longattn_cli.training.config import parse_overrides
+
+    done = predict_file(model, data, out, batch_size, parse_overrides(overrides), resume, overwrite)
+    if done["stopped"]:
+        print(f"stopped after {done['rows']:,} rows in {done['out']}; --resume continues", file=sys.stderr)
+        sys.exit(130)
+    print(f"{done['rows'] - done['skipped']:,} rows -> {done['out']}", file=sys.stderr)
+
+
 OVERRIDES_HELP = (
     "Recipe overrides, key=value with dotted keys (they win over the recipe), e.g. training.max_steps=100."
 )

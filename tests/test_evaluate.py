@@ -22,7 +22,7 @@ TASKS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, roberta_dir, datasets_dir):  # noqa: F811
+def trained(tmp_path_factory, roberta_dir, datasets_dir):
     """One fine-tuned model per task (its test split scored by finetune into results.json)."""
     out = {}
     for task, extra in TASKS.items():
@@ -33,7 +33,7 @@ def trained(tmp_path_factory, roberta_dir, datasets_dir):  # noqa: F811
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_evaluate_gives_exactly_finetunes_final_evaluation(task, trained, datasets_dir, capsys):  # noqa: F811
+def test_evaluate_gives_exactly_finetunes_final_evaluation(task, trained, datasets_dir, capsys):
     out = trained[task]
     test_file = datasets_dir / f"{task}-test.jsonl"
     code, stdout, err = run_cli(["evaluate", str(out), "--data", str(test_file), "--json"], capsys)
@@ -53,7 +53,7 @@ def test_evaluate_gives_exactly_finetunes_final_evaluation(task, trained, datase
 
 
 @pytest.mark.slow
-def test_two_processes_evaluate_their_shares_with_one_process_results(trained, datasets_dir, tmp_path):  # noqa: F811
+def test_two_processes_evaluate_their_shares_with_one_process_results(trained, datasets_dir, tmp_path):
     """Under accelerate launch (gloo, two CPU processes) the batches are shared and the figures are the same."""
     import os
     import subprocess
@@ -85,7 +85,7 @@ def test_two_processes_evaluate_their_shares_with_one_process_results(trained, d
         (["--batch-size", "0"], r"--batch-size must be at least 1, got 0"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(args, pattern, trained, datasets_dir, capsys):  # noqa: F811
+def test_bad_input_is_one_line_and_exit_code_2(args, pattern, trained, datasets_dir, capsys):
     import re
 
     data = ["--data", str(datasets_dir / "single-test.jsonl")]
@@ -98,8 +98,8 @@ def test_bad_input_is_one_line_and_exit_code_2(args, pattern, trained, datasets_
 
 def test_a_model_without_a_task_head_and_unknown_labels_are_one_line(
     trained,
-    roberta_dir,  # noqa: F811
-    datasets_dir,  # noqa: F811
+    roberta_dir,
+    datasets_dir,
     tmp_path,
     capsys,
 ):
