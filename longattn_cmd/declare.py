@@ -1,7 +1,8 @@
 """Options declared once: a dataclass field carries its flag, help, default and validation, and the command
 line's parameters are built from the fields (as litgpt builds a subcommand from a function's signature).
 
-A field made with :func:`option` is a command-line option; ``check`` in its metadata validates a value and
+A field made with :func:`option` is a command-line option; ``choices``, ``minimum``, ``above`` and ``within`` in
+its :class:`Flag` validate a value (:func:`validate`, for the command line and the Python API alike), and
 ``parse`` turns what the command line gives (a string, a list of ``key=value``) into the field's value.
 """
 
