@@ -122,7 +122,7 @@ def test_ctrl_c_leaves_a_valid_file_that_resume_completes(trained, tmp_path):
 @pytest.mark.parametrize(
     "extra,pattern",
     [
-        (["--out", "p.txt"], r"use \.jsonl, \.csv, \.parquet"),
+        (["--out", "p.txt"], r"use \.jsonl, \.csv or \.parquet"),
         (["--out", "EXISTS"], r"exists; pass --resume to continue it or --overwrite to replace it"),
         (["--out", "p.jsonl", "--resume", "--overwrite"], r"contradict"),
         (["--out", "p.jsonl", "data.text_column=body"], r"column 'body'"),
@@ -144,3 +144,18 @@ def test_a_model_without_a_task_head_is_one_line(roberta_dir, datasets_dir, tmp_
         ["predict", str(roberta_dir), "--data", str(data), "--out", str(tmp_path / "p.jsonl")], capsys
     )
     assert code == 2 and "is a masked-lm model; evaluate and predict need a fine-tuned one" in err, err
+
+
+def test_a_torn_last_line_is_cut_reading_only_the_tail(tmp_path):
+    from longattn_cli.inference.files import drop_torn_line, rows_done
+
+    path = tmp_path / "p.jsonl"
+    for text, kept in (
+        ('{"a": 1}\n{"a": 2}\n{"a": 3', '{"a": 1}\n{"a": 2}\n'),  # the torn line spans several 4-byte chunks
+        ('{"a": 1}\n', '{"a": 1}\n'),
+        ('{"a"', ""),
+        ("", ""),
+    ):
+        path.write_text(text)
+        drop_torn_line(path, chunk=4)
+        assert path.read_text() == kept and rows_done(path) == kept.count("\n")

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from longattn_cli.errors import UserError
+from longattn_cli.inference.files import check_output
 from longattn_cli.models.sentence import POOLINGS
+from longattn_cli.training.sampling import longest_first
 
 FORMATS = (".npy", ".parquet")
 
@@ -39,10 +41,8 @@ def vectors(
     """(len(texts), hidden size) float32 vectors of ``model`` (a bare encoder), in the order of ``texts``."""
     device = next(model.parameters()).device
     encoded = tokenizer([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     out = torch.empty(len(encoded), model.config.hidden_size)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in longest_first([len(x) for x in encoded], batch_size):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden = model(**batch).last_hidden_state
@@ -50,20 +50,6 @@ def vectors(
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         out[rows] = pooled.cpu()
-    return out
-
-
-def check_output(out: str | Path, overwrite: bool) -> Path:
-    """The output path, checked before any work: a known format, and not an existing file unless allowed."""
-    out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise UserError(
-            f"--out {str(out)!r}: the file's extension says the format; use {' or '.join(FORMATS)}"
-        )
-    if out.exists() and not overwrite:
-        raise UserError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
     return out
 
 
@@ -113,7 +99,7 @@ def embed(
         raise UserError(f"--pooling {pooling!r}: valid: {', '.join(POOLINGS)}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    path = check_output(out, overwrite)
+    path = check_output(out, FORMATS, overwrite)
     encoder = load_model(model, head="base").to(pick_device("auto")).eval()
     tokenizer = load_tokenizer(model)
     overrides = dict(overrides or {})

@@ -19,41 +19,11 @@ from typing import Any
 import torch
 
 from longattn_cli.errors import UserError
+from longattn_cli.inference.files import check_output, csv_header, drop_torn_line, rows_done
 from longattn_cli.training.signals import Stop
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 WINDOW = 256  # examples read, sorted by length and written at a time
-
-
-def check_output(out: str | Path, overwrite: bool, resume: bool) -> Path:
-    """The output path, checked before any work."""
-    out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise UserError(f"--out {str(out)!r}: the file's extension says the format; use {', '.join(FORMATS)}")
-    if overwrite and resume:
-        raise UserError("--overwrite and --resume contradict each other; pass one")
-    if out.exists() and not (overwrite or resume):
-        raise UserError(
-            f"--out {str(out)!r} exists; pass --resume to continue it or --overwrite to replace it"
-        )
-    if not out.parent.exists():
-        raise UserError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    return out
-
-
-def rows_done(out: Path) -> int:
-    """Whole rows already in ``out`` (0 when it does not exist); a torn last JSONL line is not counted."""
-    if not out.exists():
-        return 0
-    suffix = out.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(out).metadata.num_rows
-    text = out.read_text()
-    if suffix == ".jsonl":
-        return sum(1 for line in text.split("\n")[: -1 if not text.endswith("\n") else None] if line)
-    return max(sum(1 for _ in csv.reader(text.splitlines())) - 1, 0)
 
 
 def describe(task, scores: torch.Tensor) -> dict[str, Any]:
@@ -97,10 +67,10 @@ class _Writer:
             self.kept = pq.read_table(out)
         elif self.suffix in (".jsonl", ".csv"):
             if resume and out.exists():
-                _drop_torn_line(out)
+                drop_torn_line(out)
+            if self.suffix == ".csv" and resume and out.exists():
+                self.fields = csv_header(out)
             self.file = out.open("a" if resume else "w", newline="")
-            if self.suffix == ".csv" and resume and out.stat().st_size:
-                self.fields = next(csv.reader([out.read_text().splitlines()[0]]))
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if self.suffix == ".jsonl":
@@ -140,14 +110,6 @@ class _Writer:
             self.tmp.replace(self.out)  # whole: the kept rows and every window written
 
 
-def _drop_torn_line(path: Path) -> None:
-    """Cut a last line that an abrupt end left without its newline (it is written again)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     """A CSV row: probabilities as ``p(NAME)`` columns, lists as JSON."""
     out = {}
@@ -159,7 +121,6 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@torch.no_grad()
 def _window(task, examples: list[dict[str, Any]], first: int, data_cfg, batch_size: int) -> list[dict]:
     """Predictions of one window of examples, in input order, batched longest first."""
     import datasets
@@ -187,7 +148,7 @@ def predict_file(
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    path = check_output(out, overwrite, resume)
+    path = check_output(out, FORMATS, overwrite, resume)
     task = load_task_model(model, pick_device("auto"))
     data_cfg = data_config(model, data, dict(overrides or {}))
     raw = D.load_raw(data_cfg.source, data_cfg.split, data_cfg, what="--data")

@@ -21,7 +21,7 @@ from longattn_cli.training import data as D
 from longattn_cli.training import labels as L
 from longattn_cli.training import metrics as M
 from longattn_cli.training.model_setup import apply_freezing, check_fit, fresh_config
-from longattn_cli.training.sampling import sharded
+from longattn_cli.training.sampling import longest_first, sharded
 from longattn_cli.training.train import Job
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -263,8 +263,7 @@ def predict(model, ds, collate, batch_size: int) -> list[torch.Tensor]:
     """
     device = next(model.parameters()).device
     lengths = [len(x) for x in ds["input_ids"]]
-    order = sorted(range(len(ds)), key=lambda i: -lengths[i])  # stable: equal lengths keep their order
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = longest_first(lengths, batch_size)
 
     def run(indices: list[int]) -> list[torch.Tensor]:
         rows = [{k: v for k, v in ds[i].items() if k != "labels"} for i in indices]

@@ -108,6 +108,13 @@ def length_grouped(perm: list[int], lengths, per_step: int, seed: int, group: in
     return out
 
 
+def longest_first(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of ``size``, longest first (a batch pads to its longest item, so
+    sorting wastes no compute on padding); stable, so equal lengths keep their order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 def sharded(fn, items: list) -> list:
     """``[fn(x) for x in items]``, each process computing every ``world``-th item (round robin) and every
     process receiving all results, in item order. One process: a plain loop. ``fn``'s results travel by
