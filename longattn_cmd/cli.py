@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -337,6 +338,49 @@ def predict_cmd(
         print(f"stopped after {done['rows']:,} rows in {done['out']}; --resume continues", file=sys.stderr)
         sys.exit(130)
     print(f"{done['rows'] - done['skipped']:,} rows -> {done['out']}", file=sys.stderr)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Checkpoint directory or hub id; the graph computes its own head."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for model.onnx, its tokenizer and export.json."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format for now)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph."),
+    settings: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Compare onnxruntime with torch at 17, 157 and 1,021 tokens (padded rows included) before "
+        "writing; a difference above 1e-4 writes nothing.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder that holds files."),
+    as_json: bool = typer.Option(False, "--json", help="Print export.json instead of a summary."),
+):
+    """Export a model to ONNX: dynamic batch and length, its tokenizer beside it (pip install 'longattn[onnx]')."""
+    from longattn_cli.training.config import parse_overrides
+
+    if format != "onnx":
+        raise UserError(f"--format {format!r} is not supported; valid: onnx")
+    if opset < 18:
+        raise UserError(f"--opset {opset}: the exporter needs 18 or newer")
+    from rich.console import Console
+
+    from longattn_cli.models import onnx
+
+    console = Console(stderr=True)
+    with console.status(f"exporting {model} to ONNX (opset {opset})..."):
+        report = onnx.export(
+            model,
+            out,
+            attention_settings=parse_overrides(settings),
+            opset=opset,
+            overwrite=overwrite,
+            check=check,
+        )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    onnx.render(report, console)
 
 
 OVERRIDES_HELP = (

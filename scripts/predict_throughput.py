@@ -32,16 +32,6 @@ def documents(tokenizer, count: int, low: int, high: int, seed: int) -> list[str
     return out
 
 
-def _commit() -> str:
-    """The checkout's commit, with ``+dirty`` when the tree has changes."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=root).stdout
-    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attention", default="lsg")
@@ -55,7 +45,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import longattn_cli  # noqa: F401  (registers the family for the pipeline)
-    from longattn_cli.bench.machine import machine
+    from longattn_cli.bench.machine import machine, source_commit
     from longattn_cli.inference.predict import predict_file
     from longattn_cli.models.modeling import LongAttnForSequenceClassification
     from longattn_cli.testing import tiny_config, train_bpe_tokenizer
@@ -101,7 +91,7 @@ def main() -> None:
     rate = {k: args.documents / v for k, v in timings.items()}
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine("cpu", args.threads)["cpu"],
-        "commit": _commit(), "command": "python " + " ".join(sys.argv),
+        "commit": source_commit(), "command": "python " + " ".join(sys.argv),
         "threads": args.threads, "attention": args.attention, "documents": args.documents,
         "batch_size": args.batch_size, "seconds": timings, "documents_per_s": rate,
         "speedup": rate["longattn predict"] / rate["pipeline"], "same_labels": f"{agree}/{args.documents}",

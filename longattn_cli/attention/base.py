@@ -56,10 +56,35 @@ class Attention(nn.Module):
         """Labelled settings that ``longattn benchmark`` measures by default (label → settings dict)."""
         return cls.Settings.benchmark_variants() or {cls.name: {}}
 
+    def export_problem(self) -> str | None:
+        """Why these settings cannot be exported to ONNX (one line saying what to use instead), or None."""
+        return None
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def exporting() -> bool:
+    """True while ``torch.export`` traces the model (``longattn export``). Mechanisms then take one branch-free
+    route for every length and padding, where eager mode picks shortcuts from the data (no padding, a short
+    input): a traced graph keeps only the branches its example input took."""
+    return torch.compiler.is_exporting()
+
+
+def real_first_order(mask: torch.Tensor) -> torch.Tensor:
+    """The stable order putting each row's real tokens first: (B, N) positions from a (B, N) bool mask.
+
+    Counted rather than sorted (a real token goes to its rank among the real ones, padding after them in its
+    rank among the padding), so it exports to ONNX as a scatter, where a stable sort has no exact equivalent.
+    """
+    real = mask.long()
+    rank_real = real.cumsum(dim=1) - 1
+    rank_pad = (1 - real).cumsum(dim=1) - 1 + real.sum(dim=1, keepdim=True)
+    destination = torch.where(mask, rank_real, rank_pad)  # (B, N): where each position goes
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(destination)
+    return torch.empty_like(destination).scatter(1, destination, positions)
 
 
 def softmax_flops(n: int, d: int) -> tuple[float, float]:

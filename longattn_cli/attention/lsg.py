@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from longattn_cli.attention.base import Attention, register, softmax_flops
+from longattn_cli.attention.base import Attention, exporting, real_first_order, register, softmax_flops
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
 
@@ -74,6 +74,8 @@ class LSGAttention(Attention):
         if n <= g:
             raise UserError(f"LSG needs at least {g + 1} tokens (num_global_tokens={g} included), got {n}")
         mask = torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask
+        if exporting():
+            return self._branch_free(q, k, v, mask)
         if n - g <= 2 * s.block_size:  # the local window already covers every token
             return self._full(q, k, v, self._hide_first(mask))
         order = _right_align_order(mask[:, g:])
@@ -84,6 +86,44 @@ class LSGAttention(Attention):
         q, k, v = (_take(x, idx) for x in (q, k, v))
         out = self._lsg(q, k, v, self._hide_first(mask.gather(1, idx)))
         return torch.empty_like(out).scatter_(2, idx[:, None, :, None].expand_as(out), out)
+
+    def export_problem(self) -> str | None:
+        if self.settings.sparsity_type != "lsh" or not self.settings.uses_sparse:
+            return None
+        return (
+            "LSG's lsh sparsity draws new random projections on every call, so no fixed graph reproduces it; "
+            "export with a deterministic one, e.g. --set sparsity_type=norm (or pooling, bos_pooling, stride, "
+            "block_stride, none)"
+        )
+
+    def _branch_free(self, q, k, v, mask):
+        """:meth:`forward` the same way for every input (for export): rows always reordered real tokens first,
+        and inputs of two blocks or fewer through the blocks too, whose windows then cover every token: full
+        attention, as :meth:`forward` computes it for them. The rows after the globals are padded to whole
+        blocks first, so that every shape below is a multiple of ``blocks`` (an export traces it symbolically)."""
+        problem = self.export_problem()
+        if problem:
+            raise UserError(problem)
+        s = self.settings
+        g, bs = s.num_global_tokens, s.block_size
+        b, _, n, _ = q.shape
+        order = real_first_order(mask[:, g:])
+        idx = torch.cat([torch.arange(g, device=q.device).expand(b, g), order + g], dim=1)  # (B, N)
+        q, k, v = (_take(x, idx) for x in (q, k, v))
+        mask = self._hide_first(mask.gather(1, idx))
+        global_out = self._full(q[:, :, :g], k, v, mask)  # (B, H, G, D)
+        blocks = (n - g + bs - 1) // bs
+        pad = blocks * bs - (n - g)
+        qr, kr, vr = (F.pad(x[:, :, g:], (0, 0, 0, pad)) for x in (q, k, v))  # (B, H, blocks·bs, D)
+        mr = F.pad(mask[:, g:], (0, pad))  # (B, blocks·bs)
+        sparse = ()
+        if s.uses_sparse:
+            ks, vs, ms = self._compress(qr[:, :, :1], kr, vr, mr)
+            sparse = tuple(self._pad_compressed(x) for x in (ks, vs, ms[..., None]))
+        kg, vg = k[:, :, :g], v[:, :, :g]
+        out = self._chunk_of(0, blocks, blocks * bs, qr, kr, vr, mr[:, None, :, None], kg, vg, *sparse)
+        out = torch.cat([global_out, out[:, :, : n - g]], dim=2)
+        return torch.empty_like(out).scatter(2, idx[:, None, :, None].expand_as(out), out)
 
     def _hide_first(self, mask):
         """``mask_first_token``: the first real token after the globals stops being a key (its query stays)."""
@@ -106,7 +146,7 @@ class LSGAttention(Attention):
         b, h, n, d = q.shape
         length = n - g
         pad = -length % bs
-        if pad and not s.adaptive:
+        if not exporting() and pad and not s.adaptive:
             raise UserError(
                 f"LSG with adaptive=false needs a length that is a multiple of block_size={bs} (got {length} tokens "
                 "after the global ones); set adaptive=true or pad the input"
@@ -121,13 +161,13 @@ class LSGAttention(Attention):
             # bos_pooling weighs with the query of the first real token (BOS/CLS): rows are right-aligned.
             ks, vs, ms = self._compress(
                 qr[:, :, :1],
-                *(F.pad(x, (0, 0, 0, pad)) if pad else x for x in (kr, vr)),
+                *(F.pad(x, (0, 0, 0, pad)) if exporting() or pad else x for x in (kr, vr)),
                 F.pad(mr[:, 0, :, 0], (0, pad)),
             )  # (B, H, L/f, D)
             sparse = tuple(self._pad_compressed(x) for x in (ks, vs, ms[..., None]))
         keys = g + 3 * bs + (2 * s.sparse_block_size if sparse else 0)
         per_block = 2 * b * h * keys * d * q.element_size()  # bytes of one block's key and value windows
-        if per_block * blocks <= _WINDOW_BUDGET or not (torch.is_grad_enabled() and q.requires_grad):
+        if not (torch.is_grad_enabled() and q.requires_grad) or per_block * blocks <= _WINDOW_BUDGET:
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
         else:
             # Long inputs in training: blocks in chunks whose windows are rebuilt in the backward instead of
@@ -368,7 +408,7 @@ def _right_align_order(mask: torch.Tensor) -> torch.Tensor | None:
     """None when every row is already real-then-padding; else the stable order putting real tokens first."""
     if bool((mask[:, 1:] <= mask[:, :-1]).all()):
         return None
-    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    return real_first_order(mask)
 
 
 def _windows(x: torch.Tensor, size: int, step: int) -> torch.Tensor:
@@ -382,7 +422,11 @@ def _norm_select(k, v, m, chunk, f):
     b, h, n, d = k.shape
     with torch.no_grad():
         norms = k.detach().norm(dim=-1) * m[:, None]  # (B, H, L)
-        order = norms.view(b, h, n // chunk, chunk).argsort(dim=-1, stable=True)[..., -(chunk // f) :]
+        norms = norms.view(b, h, n // chunk, chunk)
+        if exporting():  # ONNX has no stable sort; which slot a kept key takes never changes the attention
+            order = norms.topk(chunk // f, dim=-1).indices
+        else:
+            order = norms.argsort(dim=-1, stable=True)[..., -(chunk // f) :]
         idx = (order + torch.arange(0, n, chunk, device=k.device)[:, None]).reshape(b, h, -1)  # (B, H, L/f)
     ks, vs = (x.gather(2, idx[..., None].expand(-1, -1, -1, d)) for x in (k, v))
     return ks, vs, m[:, None].expand(b, h, n).gather(2, idx)

@@ -26,11 +26,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from longattn_cli.attention.base import Attention, register, softmax_flops
+from longattn_cli.attention.base import Attention, exporting, real_first_order, register, softmax_flops
 from longattn_cli.attention.settings import PINV_INITS, NystromSettings  # noqa: F401
 
 
-def iterative_pinv(a: torch.Tensor, iterations: int = 6, init: str = "original") -> torch.Tensor:
+def iterative_pinv(
+    a: torch.Tensor, iterations: int = 6, init: str = "original", rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Approximate Moore-Penrose inverse of a batch of row-stochastic matrices (the paper's iteration).
 
     Z ← ¼ Z (13I − AZ(15I − AZ(7I − AZ))), from Z₀ = Aᵀ / (‖A‖₁‖A‖∞), where ‖A‖∞ = 1 for a softmax output.
@@ -40,12 +42,17 @@ def iterative_pinv(a: torch.Tensor, iterations: int = 6, init: str = "original")
         iterations: number of updates.
         init: ``original`` takes ‖A‖₁ as the largest column sum over ALL matrices in ``a`` (as published);
             ``exact`` takes each matrix's own ‖A‖₁.
+        rows: (B,) bool for ``a`` of shape (B, ...): only these rows' matrices count for ``original``'s
+            norm (the others are computed and discarded by the caller); None: all of them.
 
     Returns:
         (..., m, m) approximations of pinv(a).
     """
     col_sums = a.sum(dim=-2)  # (..., m)
-    if init == "original":
+    if init == "original" and rows is not None:
+        # A row-stochastic matrix has a column sum of at least 1: filling with 1 leaves the maximum alone.
+        norm1 = col_sums.masked_fill(~rows.view(-1, *(1,) * (col_sums.dim() - 1)), 1.0).max()
+    elif init == "original":
         norm1 = col_sums.max()
     else:
         norm1 = col_sums.amax(dim=-1)[..., None, None]
@@ -80,7 +87,7 @@ def segment_means(x: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torc
     sums = x.new_zeros(b, h, num_segments + 1, d).scatter_add(2, index, x)[:, :, :num_segments]
     sizes = torch.zeros(b, num_segments + 1, dtype=x.dtype, device=x.device)
     sizes = sizes.scatter_add(1, seg, torch.ones_like(seg, dtype=x.dtype))[:, :num_segments]
-    return sums / sizes[:, None, :, None]
+    return sums / sizes.clamp(min=1)[:, None, :, None]  # empty segments (export's short rows) give 0
 
 
 def landmarks(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, num_segments: int):
@@ -140,11 +147,13 @@ class NystromAttention(Attention):
         # Q/d^¼ and K/d^¼: each of the three softmax kernels then sees the usual 1/√d (eq. 15).
         scale = d**-0.25
         q, k = q * scale, k * scale
-        if mask is not None and bool(mask.all()):
+        if mask is not None and not exporting() and bool(mask.all()):
             mask = None  # nothing is padded: skip the masking work
         if mask is not None:
             v = v * mask[:, None, :, None].to(v.dtype)  # padding values never reach an output or the conv
-        if n <= m:  # every sequence is short: exact attention costs at most m×m per head
+        if exporting():
+            out = self._branch_free(q, k, v, mask)
+        elif n <= m:  # every sequence is short: exact attention costs at most m×m per head
             out = _masked_softmax_attention(q, k, v, mask)
         elif mask is None:
             out = self._nystrom(q, k, v, None)
@@ -163,8 +172,18 @@ class NystromAttention(Attention):
             out = out + self.conv(v)
         return out
 
-    def _nystrom(self, q, k, v, mask):
-        """The approximation of eq. 15 for sequences that all have more than m real tokens."""
+    def _branch_free(self, q, k, v, mask):
+        """:meth:`forward`'s choice made per row without branching on the data (for export): every row goes
+        both routes, and keeps the Nyström one where it has more than m real tokens."""
+        if mask is None:
+            mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
+        long = mask.sum(dim=1) > self.settings.num_landmarks  # (B,)
+        approx = self._nystrom(q, k, v, mask, rows=long)
+        return torch.where(long[:, None, None, None], approx, self._exact_compacted(q, k, v, mask))
+
+    def _nystrom(self, q, k, v, mask, rows=None):
+        """The approximation of eq. 15 for sequences that all have more than m real tokens (or, with ``rows``
+        (B,) bool, for those rows; the others' results are computed and discarded)."""
         q_land, k_land = landmarks(q, k, mask, self.settings.num_landmarks)  # (B, H, m, D), segment-means
         kernel_1 = (q @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, N, m): landmarks are all real
         kernel_2 = (q_land @ k_land.transpose(-1, -2)).softmax(dim=-1)  # (B, H, m, m)
@@ -174,7 +193,7 @@ class NystromAttention(Attention):
         kernel_3 = scores_3.softmax(dim=-1)
         # The m×m inverse runs in float32 at least: the iteration is fragile in half precision, and cheap.
         work = torch.promote_types(kernel_2.dtype, torch.float32)
-        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init)
+        z = iterative_pinv(kernel_2.to(work), self.settings.pinv_iterations, self.settings.pinv_init, rows)
         # Right to left: (m×N)(N×D), then (m×m)(m×D), then (N×m)(m×D); O(n·m·d), never n×n.
         return kernel_1 @ (z.to(q.dtype) @ (kernel_3 @ v))
 
@@ -182,9 +201,9 @@ class NystromAttention(Attention):
         """Exact attention for sequences of ≤ m real tokens padded to N > m: gather the real tokens first."""
         b, h, n, d = q.shape
         m = self.settings.num_landmarks
-        # A stable sort puts the real positions first, in order: (B, m) positions, valid where < count.
-        pos = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :m]
-        valid = torch.arange(m, device=q.device)[None, :] < mask.sum(dim=1, keepdim=True)
-        index = pos[:, None, :, None].expand(b, h, m, d)
+        # The real positions first, in order: (B, min(N, m)) positions, valid where < count.
+        pos = real_first_order(mask)[:, :m]
+        valid = torch.arange(pos.shape[1], device=q.device)[None, :] < mask.sum(dim=1, keepdim=True)
+        index = pos[:, None, :, None].expand(b, h, -1, d)
         res = _masked_softmax_attention(q.gather(2, index), k.gather(2, index), v.gather(2, index), valid)
         return torch.zeros_like(q).scatter(2, index, res)  # (B, H, N, D); positions are distinct

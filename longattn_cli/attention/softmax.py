@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from longattn_cli.attention.base import Attention, register, softmax_flops
+from longattn_cli.attention.base import Attention, exporting, register, softmax_flops
 from longattn_cli.attention.settings import IMPLEMENTATIONS, SoftmaxSettings  # noqa: F401
 
 
@@ -25,7 +25,7 @@ class SoftmaxAttention(Attention):
 
     def forward(self, q, k, v, mask):
         p = self.dropout if self.training else 0.0
-        if mask is not None and bool(mask.all()):
+        if mask is not None and not exporting() and bool(mask.all()):
             mask = None  # nothing padded: without a mask SDPA takes its fused kernel and allocates no bias
         bias = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N) bool, True = attend
         if self.settings.implementation == "sdpa":

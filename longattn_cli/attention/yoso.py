@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from longattn_cli.attention.base import Attention, register
+from longattn_cli.attention.base import Attention, exporting, register
 from longattn_cli.attention.settings import MAX_HASH_CODE_LEN, YosoSettings  # noqa: F401
+from longattn_cli.errors import UserError
 
 # Elements of float scratch per step (tables, chunks of the n×n weights in expectation mode): 64 MiB in fp32.
 _BUDGET = 1 << 24
@@ -72,11 +73,22 @@ class YosoAttention(Attention):
                 num_heads, num_heads, (w, 1), padding=(w // 2, 0), bias=False, groups=num_heads
             )
 
+    def export_problem(self) -> str | None:
+        if self.settings.use_expectation:
+            return None
+        return (
+            "YOSO's LSH mode cannot be exported to ONNX: it builds its bucket tables by sorting and counting "
+            "each input's hash codes, which ONNX has no operators for; export the expectation it estimates "
+            "instead, with --set use_expectation=true"
+        )
+
     def forward(self, q, k, v, mask):
         s = self.settings
         b, _, n, _ = q.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
+        if exporting():
+            return self._branch_free(q, k, v, mask)
         work = torch.promote_types(q.dtype, torch.float32)  # tables and sums in fp32 even for bf16 models
         # (B, 1, N, 1), 1 = real token; None when nothing is padded (packed pretraining blocks), which saves a
         # pass over q, k, v, the output and their gradients per product below.
@@ -92,6 +104,23 @@ class YosoAttention(Attention):
         out = _masked(_Unit.apply(out), m).to(v.dtype)  # the paper normalises rows instead of the weights
         if s.conv_window is not None:  # (B, H, N, D): heads are the conv's channels
             out = out + self.conv(v if m is None else v * m.to(v.dtype))
+        return out
+
+    def _branch_free(self, q, k, v, mask):
+        """The expectation mode of :meth:`forward` in plain operations, the same for every input (for export):
+        the n×n weights in one piece, the mask always applied."""
+        if not self.settings.use_expectation:
+            raise UserError(self.export_problem())
+        work = torch.promote_types(q.dtype, torch.float32)
+        m = mask[:, None, :, None].to(work)
+        q, k = (
+            x.to(work) / torch.linalg.vector_norm(x.to(work), dim=-1, keepdim=True).clamp_min(1e-12)
+            for x in (q, k)
+        )
+        out = collision_probability(q, k, self.settings.hash_code_len) @ (v.to(work) * m)
+        out = (out / torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min(1e-12) * m).to(v.dtype)
+        if self.settings.conv_window is not None:
+            out = out + self.conv(v * m.to(v.dtype))
         return out
 
 

@@ -37,6 +37,23 @@ def machine(device: str, threads: int | None) -> dict[str, Any]:
     return info
 
 
+def source_commit() -> str | None:
+    """The checkout's short commit, with ``+dirty`` where the tree has uncommitted changes (None outside a
+    git checkout): which code a result file's numbers came from."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=root)
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _total_memory_gb() -> float | None:
     try:
         import psutil

@@ -18,8 +18,6 @@ temporary directory next to ``--out`` and renamed into place, so a failed conver
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from longattn_cli.models.checkpoints import load_model
 from longattn_cli.models.modeling import HEADS, LongAttnConfig
 from longattn_cli.models.sentence import save_sentence_transformers, sentence_transformers_pooling
 from longattn_cli.models.tokenizer import load_tokenizer
+from longattn_cli.models.weights import write_folder
 from longattn_cmd.options import ConvertOptions
 
 POSITION_KEY = "embeddings.position_embeddings.weight"
@@ -198,25 +197,15 @@ def init_global_tokens(src, tokenizer, count: int, stride: int, random_init: boo
 
 
 def save_atomically(model, tokenizer, out: Path, then=None) -> None:
-    """Write model and tokenizer to a temporary sibling of ``out`` (and whatever ``then(folder)`` adds), then
-    rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    """Write model and tokenizer (and whatever ``then(folder)`` adds) to ``out`` whole or not at all."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
         if then is not None:
-            then(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / "x")
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            then(folder)
+
+    write_folder(out, fill)
 
 
 def check(source_model, model, tokenizer, max_length: int, device: str = "auto") -> dict[str, Any]:

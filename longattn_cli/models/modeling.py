@@ -19,6 +19,7 @@ from transformers.modeling_outputs import (
 )
 
 from longattn_cli.attention import build_attention
+from longattn_cli.attention.base import exporting
 from longattn_cli.errors import UserError
 from longattn_cli.models.configuration import LongAttnConfig
 
@@ -166,7 +167,7 @@ class LongAttnModel(LongAttnPreTrainedModel):
             mask = torch.ones(shape, dtype=torch.bool, device=device)
         else:
             mask = attention_mask.to(device=device, dtype=torch.bool)
-        if position_ids is None:
+        if position_ids is None and not exporting():
             self._check_length(mask)
         x = self.embeddings(input_ids, mask, token_type_ids, position_ids, inputs_embeds)
         g = self.embeddings.num_global_tokens

@@ -1,9 +1,12 @@
-"""Reading a checkpoint directory: its ``config.json`` and its tensors (safetensors, or pickles only through
-``torch.load(weights_only=True)``)."""
+"""Reading a checkpoint directory (its ``config.json`` and its tensors: safetensors, or pickles only through
+``torch.load(weights_only=True)``), and writing one whole or not at all."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +45,22 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
                 f"refusing to load {f}: not loadable with weights_only=True ({type(exc).__name__})"
             ) from None
     return sd
+
+
+def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """``fill`` a temporary sibling of ``out``, then rename it into place (replacing ``out``): an error or
+    Ctrl-C on the way leaves ``out`` as it was and no partial folder behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / "x")
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
