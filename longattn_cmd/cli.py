@@ -159,7 +159,8 @@ def lra_run_cmd(
 ):
     """Train every mechanism on an LRA task in turn (data built if missing), then print lra report's table.
 
-    Resumable: finished runs are skipped, an interrupted one continues from its last checkpoint. The table is also written to OUT/TASK.txt and OUT/TASK.json.
+    `longattn compare` over the LRA recipes: resumable, finished runs are skipped, an interrupted one continues
+    from its last checkpoint. Also writes OUT/TASK.txt and OUT/TASK.json, and compare's table and plot.
     """
     from longattn_cli.lra.run import run
 
@@ -338,6 +339,41 @@ def predict_cmd(
         print(f"stopped after {done['rows']:,} rows in {done['out']}; --resume continues", file=sys.stderr)
         sys.exit(130)
     print(f"{done['rows'] - done['skipped']:,} rows -> {done['out']}", file=sys.stderr)
+
+
+@app.command("compare")
+def compare_cmd(
+    overrides: list[str] = _overrides("Overrides for every run, key=value, e.g. training.max_steps=500."),
+    recipe: str = typer.Option(
+        ...,
+        "--recipe",
+        "-r",
+        help="Your fine-tuning recipe (YAML); with {attention} in its path, one recipe file per mechanism.",
+    ),
+    attention: str = typer.Option(
+        None, "--attention", help="Comma-separated mechanisms; default: softmax,yoso,nystrom,lsg."
+    ),
+    sources: str = typer.Option(
+        None,
+        "--sources",
+        help="Comma-separated baseline checkpoints run with the same recipe and their own attention, e.g. "
+        "allenai/longformer-base-4096.",
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Where the runs go (OUT/NAME); default runs/compare-RECIPE."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of the table."),
+):
+    """Fine-tune one recipe with each mechanism (and baseline checkpoint) in turn; one table and one plot.
+
+    Each run is its own process. Resumable: finished runs are skipped, an interrupted one continues from its
+    last checkpoint. Writes OUT/compare.txt, OUT/compare.json and OUT/compare.png.
+    """
+    from longattn_cli.training.compare import compare
+
+    code = compare(recipe, attention, sources, out, overrides, as_json)
+    if code:
+        sys.exit(code)
 
 
 @app.command("export")

@@ -45,7 +45,9 @@ def source_commit() -> str | None:
 
     root = Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=root)
     except OSError:
         return None

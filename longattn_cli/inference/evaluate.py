@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from longattn_cli.inference.task import data_config, load_task_model, read_examples
-from longattn_cli.training import labels as L
 
 BATCH_SIZE = 16
 
@@ -20,7 +19,7 @@ def evaluate(model: str, data: str, overrides: dict[str, Any] | None = None, bat
     """Score ``model`` on ``data`` (a file, folder, saved dataset or hub id; ``data.*`` keys in ``overrides``).
 
     Returns:
-        ``{"model", "data", "split", "examples", "loss", <metrics>, "majority_accuracy"?}``.
+        ``{"model", "data", "split", "examples", "loss", <metrics>, "majority_accuracy" or "mean_mse"?}``.
 
     Raises:
         UserError: a model without a task head, data without its text or label column, labels the model does
@@ -28,7 +27,7 @@ def evaluate(model: str, data: str, overrides: dict[str, Any] | None = None, bat
     """
     from longattn_cli.errors import UserError
     from longattn_cli.training.accelerator import make_accelerator
-    from longattn_cli.training.finetune import collator, final_scores, predict
+    from longattn_cli.training.finetune import baselines, collator, final_scores, predict
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -44,8 +43,7 @@ def evaluate(model: str, data: str, overrides: dict[str, Any] | None = None, bat
     logits = predict(task.model, encoded, collator(task.tokenizer, task.task), batch_size)
     result = {"model": model, "data": data, "split": data_cfg.split, "examples": len(encoded)}
     result.update(final_scores(labels, logits, encoded))
-    if labels.problem_type == "single_label_classification":
-        result["majority_accuracy"] = L.majority_share(encoded["labels"])
+    result.update(baselines(labels, encoded))
     return result
 
 

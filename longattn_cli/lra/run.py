@@ -1,20 +1,15 @@
-"""``longattn lra run TASK --scale cpu|paper``: build the data, train every mechanism in turn, report.
-
-Each mechanism is one ``longattn finetune`` run of ``recipes/lra[/cpu]/TASK-MECHANISM.yaml`` in a child
-process (so each run's peak memory is its own), writing ``OUT/TASK-MECHANISM``. A sweep continues where it
-stopped: a run with a ``summary.json`` is done and skipped, a run with checkpoints resumes from its latest.
-Ctrl-C reaches the running child, which saves a checkpoint and exits; the sweep then stops with its code.
+"""``longattn lra run TASK --scale cpu|paper``: build the data, then ``longattn compare`` over the task's
+recipes (``recipes/lra[/cpu]/TASK-MECHANISM.yaml``, runs in ``OUT/TASK-MECHANISM``: each in its own process,
+finished ones skipped, interrupted ones resumed), then the LRA report beside the published accuracies.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from longattn_cli.errors import UserError
 from longattn_cli.lra.report import TASKS
+from longattn_cli.training import compare
 
 MECHANISMS = ("softmax", "yoso", "nystrom", "lsg")
 SCALES = ("cpu", "paper")
@@ -85,26 +80,6 @@ def ensure_data(task: str, scale: str, where: Path, text_source: str | None) -> 
     return where
 
 
-def state(out: Path) -> str:
-    """done (summary.json written), resume (checkpoints, no summary) or new."""
-    if (out / "summary.json").is_file():
-        return "done"
-    ckpt = out / "checkpoints"
-    if ckpt.is_dir() and any(ckpt.iterdir()):
-        return "resume"
-    return "new"
-
-
-def _child(args: list[str]) -> int:
-    """Run ``python -m longattn_cmd ARGS``; while it runs Ctrl-C is the child's to handle (it saves)."""
-    proc = subprocess.Popen([sys.executable, "-m", "longattn_cmd", *args])
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run(
     task: str,
     scale: str = "cpu",
@@ -116,8 +91,6 @@ def run(
     data: str | None = None,
 ) -> int:
     """The sweep; returns the exit code of the first run that failed (0 when all finished)."""
-    from rich.console import Console
-
     if task not in TASKS:
         raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")
     if scale not in SCALES:
@@ -129,30 +102,18 @@ def run(
     if missing:
         raise UserError(f"recipe {missing[0]} not found; pass --recipes DIR (the folder holding lra/)")
     out_dir = Path(out or f"runs/lra-{scale}")
-    console = Console(stderr=True)
     where = Path(data) if data else _data_dir(paths[mechanisms[0]])
     ensure_data(task, scale, where, text_source)
     overrides = (data_overrides(where) if data else []) + list(overrides or [])
-    runs = []
-    for i, m in enumerate(mechanisms, 1):
-        target = out_dir / f"{task}-{m}"
-        runs.append(str(target))
-        now = state(target)
-        console.rule(f"[bold]{i}/{len(mechanisms)} · {task} · {m}[/] · {target} · {now}")
-        if now == "done":
-            console.print(f"{target}/summary.json exists: done, skipped (delete the folder to run it again)")
-            continue
-        args = ["finetune", "--recipe", str(paths[m]), f"training.output_dir={target}", *overrides]
-        if now == "resume":
-            args += ["--resume", "latest"]
-        code = _child(args)
-        if code:
-            console.print(
-                f"[red]{task}-{m} stopped with exit code {code}[/]; "
-                f"run the same command again to continue from its last checkpoint"
-            )
-            return code
+    # One recipe file per mechanism: longattn compare with {attention} in the recipe's path.
+    template = str(recipe_path(task, scale, compare.TEMPLATE, base))
+    runs = compare.plan(template, mechanisms, [], overrides, prefix=f"{task}-")
+    code = compare.run_all(runs, out_dir)
+    if code:
+        return code
+    compare.write_report(runs, out_dir, f"LRA {task} ({scale} scale)", show=False)
     from longattn_cli.lra.report import report
 
-    report(runs, save=out_dir / task)
+    report([str(out_dir / r.name) for r in runs], save=out_dir / task)
+    print(f"plot: {out_dir}/compare.png")
     return 0

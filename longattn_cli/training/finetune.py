@@ -314,6 +314,17 @@ def final_scores(labels: L.Labels, logits: list[torch.Tensor], ds) -> dict[str, 
     return out
 
 
+def baselines(labels: L.Labels, ds) -> dict[str, float | None]:
+    """What a model that ignores its input scores on ``ds``: the majority class's accuracy (single-label), or
+    the MSE of always predicting the mean (regression)."""
+    if labels.problem_type == "single_label_classification":
+        return {"majority_accuracy": L.majority_share(ds["labels"])}
+    if labels.problem_type == "regression":
+        gold = torch.tensor(ds["labels"], dtype=torch.float64)
+        return {"mean_mse": float(((gold - gold.mean()) ** 2).mean())}
+    return {}
+
+
 def load_splits(data_cfg: FinetuneDataConfig, task: str) -> tuple[dict[str, Any], list[str]]:
     """The train split and whichever of validation and test the recipe names, with their columns checked;
     and the fingerprints of their sources."""
@@ -407,9 +418,7 @@ def _finish(
     rows: dict[str, Any] = {"predictions": str(out / "predictions.jsonl")}
     results = None
     if "labels" in ds.column_names:
-        results = {"split": name, **final_scores(labels, logits, ds)}
-        if labels.problem_type == "single_label_classification":
-            results["majority_accuracy"] = L.majority_share(ds["labels"])
+        results = {"split": name, **final_scores(labels, logits, ds), **baselines(labels, ds)}
         # The report's rows: the overall figures (results.json has every class's too).
         rows.update(
             {f"{name} {k}": v for k, v in results.items() if k != "split" and " " not in k and v is not None}
