@@ -3,7 +3,7 @@ PYTHON ?= python3
 # an existing torch (a CUDA build on a GPU machine, say) is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow test-minimum test-all lint bench demo
+.PHONY: install test test-slow test-minimum test-all lint bench demo docs
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -32,6 +32,10 @@ test-all:
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+# The results tables and plots of README.md and docs/, rendered from results/ (CI checks they are current).
+docs:
+	$(PYTHON) scripts/render_docs.py
 
 demo:
 	$(PYTHON) -m longattn_cli.demo

@@ -41,7 +41,9 @@ def test_each_mechanism_and_a_baseline_then_skip_and_resume(tmp_path, user_recip
     args += ["--sources", str(longformer), "-o", str(out)]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    record = json.loads((out / "compare.json").read_text())
+    assert record["when"] and record["command"] and "commit" in record  # the file says where it came from
     assert [r["label"] for r in rows] == ["softmax", "nystrom", str(longformer)]
     assert [r["attention"] for r in rows] == ["softmax", "nystrom", "longformer"]
     for r in rows:
@@ -60,7 +62,7 @@ def test_each_mechanism_and_a_baseline_then_skip_and_resume(tmp_path, user_recip
     assert code == 0, err
     assert (out / "softmax" / "summary.json").stat().st_mtime_ns == done
     assert err.count("done, skipped") == 2 and "nystrom" in err
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["steps"] for r in rows] == [2, 3, 2]  # nystrom continued from step 2 to 3
 
 

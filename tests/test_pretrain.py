@@ -339,6 +339,7 @@ def test_validation_loss_picks_the_best_model_with_gradient_accumulation(tmp_pat
 def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
     from longattn_cli.training.signals import Stop
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     with Stop() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signal == signal.SIGINT
@@ -346,7 +347,7 @@ def test_signals_stop_at_the_boundary_and_a_second_ctrl_c_aborts():
         assert stop.signal == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
 def test_a_finished_run_is_extended_with_a_larger_max_steps(tmp_path, corpus, cache, capsys):

@@ -37,6 +37,24 @@ def machine(device: str, threads: int | None) -> dict[str, Any]:
     return info
 
 
+def provenance() -> dict[str, Any]:
+    """When, from which code and by which command a result file was made: ``when`` (local time, ISO 8601),
+    ``commit`` (:func:`source_commit`) and ``command`` (the process's arguments, shell-quoted)."""
+    import shlex
+    import sys
+    import time
+    from pathlib import Path
+
+    argv = [Path(sys.argv[0]).name if sys.argv[0].endswith(("longattn", "__main__.py")) else sys.argv[0]]
+    if argv[0] == "__main__.py":
+        argv = ["python", "-m", "longattn_cmd"]
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": source_commit(),
+        "command": shlex.join(argv + sys.argv[1:]),
+    }
+
+
 def source_commit() -> str | None:
     """The checkout's short commit, with ``+dirty`` where the tree has uncommitted changes (None outside a
     git checkout): which code a result file's numbers came from."""

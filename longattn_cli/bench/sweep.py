@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any
 
 from longattn_cli.bench.candidates import Candidate, select_candidates
-from longattn_cli.bench.machine import available_memory, machine
+from longattn_cli.bench.machine import available_memory, machine, provenance
 from longattn_cli.bench.roofline import algorithm_flops, best_ceiling, compute_ratios, roofline
 from longattn_cli.bench.status import OOM, SKIPPED, TIMEOUT, UNAVAILABLE
 from longattn_cli.errors import UserError
@@ -111,7 +111,7 @@ def run(
     """Run the sweep with a live table, then write the requested files.
 
     Returns:
-        ``{"machine": {...}, "options": {...}, "points": [...]}``, one point per (mode, length, candidate).
+        ``{"when", "commit", "command", "machine": {...}, "options": {...}, "points": [...]}``, one point per (mode, length, candidate).
     """
     from longattn_cli.bench import report
 
@@ -127,6 +127,7 @@ def run(
     device = str(pick_device(opts.device))
     shape, model_dir = model_shape(opts)
     result = {
+        **provenance(),
         "machine": machine(device, opts.threads),
         "options": _options_record(opts, shape, device),
         "points": [],

@@ -218,7 +218,9 @@ def check_graph(
     gen = torch.Generator().manual_seed(seed)
     pad = model.config.pad_token_id or 0
     rows = []
-    for n in sorted({min(n, model.config.max_sequence_length) for n in lengths}):
+    limit = model.config.max_sequence_length
+    # A length clipped to the model's limit stays odd: not a multiple of any block or landmark count.
+    for n in sorted({n if n <= limit else limit - 1 + limit % 2 for n in lengths}):
         ids = torch.randint(0, model.config.vocab_size, (3, n), generator=gen)
         mask = torch.ones_like(ids)
         cut = max(1, n // 3)

@@ -218,11 +218,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         size = 40 + 760 * (r["peak_memory_mb"] or 0) / most
         ax.scatter(r["train_time_s"], r["value"], s=size, alpha=0.6)
         ax.annotate(r["name"], (r["train_time_s"], r["value"]), textcoords="offset points", xytext=(6, 6))
+    metric = next((r["metric"] for r in shown), "metric")
     baselines = {r["baseline"] for r in shown if r["baseline"] is not None}
     if len(baselines) == 1:
-        ax.axhline(baselines.pop(), color="grey", linestyle="--", linewidth=1, label="baseline")
-        ax.legend(loc="best")
-    metric = next((r["metric"] for r in shown), "metric")
+        what = "predicting the mean" if metric == "mse" else "majority class"
+        ax.axhline(baselines.pop(), color="grey", linestyle="--", linewidth=1, label=f"baseline: {what}")
+        ax.legend(loc="best", fontsize=8)
+    ax.margins(x=0.2, y=0.15)  # room for the names beside the markers
     ax.set_xlabel("training time (s)")
     ax.set_ylabel(f"{metric} ({shown[0]['split'] if shown else 'test'})")
     ax.set_title(f"{title}\nmarker area: peak memory (largest {most:,.0f} MB)", fontsize=10)
@@ -256,12 +258,14 @@ def compare(
 def write_report(
     runs: list[Run], out: Path, title: str, as_json: bool = False, show: bool = True
 ) -> list[dict[str, Any]]:
-    """OUT/compare.txt (the table), OUT/compare.json (the rows) and OUT/compare.png (the plot); with ``show``
+    """OUT/compare.txt (the table), OUT/compare.json (when, commit, command and the rows) and OUT/compare.png (the plot); with ``show``
     the table (or the JSON) printed."""
     rows = [read(r, out) for r in runs]
     text = table(rows, title)
     (out / "compare.txt").write_text(text)
-    (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    from longattn_cli.bench.machine import provenance
+
+    (out / "compare.json").write_text(json.dumps({**provenance(), "rows": rows}, indent=2) + "\n")
     plot(rows, out / "compare.png", title)
     if not show:
         return rows

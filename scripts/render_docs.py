@@ -1,0 +1,257 @@
+"""Render the results tables and plots of README.md and docs/ from the result files (``make docs``).
+
+A page holds a rendered block between ``<!-- rendered: NAME -->`` and ``<!-- /rendered -->``; this script
+replaces what lies between with the block NAME, built from ``results/``, headed by where it comes from.
+``--check`` changes nothing and exits 1 where a page differs from what the result files give (CI runs it)::
+
+    python scripts/render_docs.py            # rewrite the blocks and the plots
+    python scripts/render_docs.py --check    # CI: are the committed pages what the results say?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- rendered: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /rendered -->)", re.S)
+LAYER = "results/performance/layer.json"
+LAYER_LABELS = (
+    "softmax-sdpa-fused", "yoso-lsh", "nystrom", "lsg-norm", "hf-yoso-e", "hf-nystrom", "hf-longformer",
+    "hf-bigbird",
+)  # fmt: skip
+
+
+def _load(path: str):
+    return json.loads((ROOT / path).read_text())
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the first column left-aligned, the others (numbers) right-aligned."""
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def provenance(path: str, data: dict) -> str:
+    """Where a table's numbers come from, in one line: the file, date, commit, command, machine, versions."""
+    m = data.get("machine") or {}
+    if isinstance(m.get("cpu"), str) or not m:
+        cpu = m.get("gpu") or m.get("cpu") or "machine not recorded"
+    else:
+        cpu = str(m)
+    parts = [
+        f"[`{path}`]({path})",  # relative to the page: render_page fixes it
+        data.get("when") or "date not recorded",
+        f"commit {data['commit']}" if data.get("commit") else "commit not recorded",
+        cpu + (f", {m['threads']} threads" if m.get("threads") else ""),
+    ]
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}, transformers {m.get('transformers', '?')}")
+    if data.get("command"):
+        parts.append(f"`{data['command']}`")
+    return "Source: " + " · ".join(parts)
+
+
+def _layer_train(label: str, n: int, points: list[dict]) -> dict | None:
+    return next(
+        (
+            p
+            for p in points
+            if p["label"] == label and p["n"] == n and p["mode"] == "train" and p["status"] == "ok"
+        ),
+        None,
+    )
+
+
+def glance(page: Path) -> str:
+    """One base-size layer in training at 4,096 and 16,384 tokens against torch's fused SDPA, and the plot."""
+    data = _load(LAYER)
+    points = data["points"]
+    lines = [
+        f"![time and memory against length]({_rel(page, 'docs/layer.png')})",  # not under results/
+        "",
+        "One base-size attention layer (12 heads × 64) in training, forward + backward, with attention dropout",
+        f"{data['options']['dropout']}, against softmax through torch's fused SDPA kernel (no dropout: on CPU the",
+        "kernel has none); `hf-*` are transformers' own implementations, in the same run:",
+        "",
+    ]
+    rows = []
+    for label in LAYER_LABELS:
+        cells = [label]
+        for n in (4096, 16384):
+            p, base = _layer_train(label, n, points), _layer_train("softmax-sdpa-fused", n, points)
+            if p is None:
+                failed = next(
+                    (q for q in points if q["label"] == label and q["n"] == n and q["mode"] == "train"), None
+                )
+                cells += [failed["status"] if failed else "—", "—"]
+            else:
+                cells += [
+                    f"{p['time_s'] / base['time_s']:.2f}",
+                    f"{p['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}",
+                ]
+        rows.append(cells)
+    head = [
+        "variant",
+        "time ÷ SDPA, 4,096",
+        "memory ÷ SDPA, 4,096",
+        "time ÷ SDPA, 16,384",
+        "memory ÷ SDPA, 16,384",
+    ]
+    lines += _table(head, rows)
+    lines += ["", provenance(LAYER, data)]
+    return "\n".join(lines) + "\n"
+
+
+def listops(page: Path) -> str:
+    """The LRA ListOps runs at CPU scale beside the published accuracies."""
+    path = "results/lra-cpu/listops.json"
+    data = _load(path)
+    lines = [
+        "LRA ListOps at CPU scale (24,000 training trees of 200–600 tokens; `longattn lra run listops`), test",
+        "accuracy in %:",
+        "",
+    ]
+    rows = [
+        [
+            r["attention"],
+            f"{r['accuracy']:.2f}",
+            f"{r['majority']:.1f}",
+            "—" if r.get("published") is None else f"{r['published']:.2f}",
+            f"{r['train_time_s'] / 60:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['peak_memory_mb']:,.0f}",
+        ]  # fmt: skip
+        for r in data
+    ]
+    head = [
+        "attention",
+        "ours",
+        "majority class",
+        "published (paper scale)",
+        "training min",
+        "tokens/s",
+        "peak MB",
+    ]
+    lines += _table(head, rows)
+    lines += ["", f"Source: [`{path}`]({path}) (runs of `recipes/lra/cpu/`; the runs' machine: 2 CPU cores)"]
+    return "\n".join(lines) + "\n"
+
+
+def onnx(page: Path) -> str:
+    """onnxruntime against torch, forward, per mechanism and length."""
+    path = "results/onnx/speed.json"
+    data = _load(path)
+    size = data["size"]
+    lines = [
+        f"Forward, batch 1, {size['num_hidden_layers']} layers × {size['hidden_size']} wide, median of "
+        f"{data['repeats']}, onnxruntime {data['machine']['onnxruntime']}:",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            f"{r['length']:,}",
+            f"{r['torch_s'] * 1e3:,.0f}",
+            f"{r['onnxruntime_s'] * 1e3:,.0f}",
+            f"{r['onnxruntime_over_torch']:.2f}",
+            f"{r['max_abs_diff']:.0e}",
+        ]  # fmt: skip
+        for name, m in data["mechanisms"].items()
+        for r in m["rows"]
+    ]
+    lines += _table(
+        ["mechanism", "tokens", "torch ms", "onnxruntime ms", "onnxruntime ÷ torch", "max \\|Δ\\|"], rows
+    )
+    lines += ["", provenance(path, data)]
+    return "\n".join(lines) + "\n"
+
+
+def predict(page: Path) -> str:
+    """longattn predict against transformers' pipeline."""
+    path = "results/predict/throughput.json"
+    data = _load(path)
+    rate = data["documents_per_s"]
+    lines = [
+        f"{data['documents']} documents of 100–4,096 tokens, {data['attention']}, batch {data['batch_size']}:",
+        "",
+        *_table(["", "documents/s"], [[k, f"{v:.2f}"] for k, v in rate.items()]),
+        "",
+        f"{data['speedup']:.2f}× the pipeline, the same labels on {data['same_labels']} documents.",
+        "",
+        provenance(path, {**data, "machine": {"cpu": data["machine"], "threads": data["threads"]}}),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"glance": glance, "listops": listops, "onnx": onnx, "predict": predict}
+
+
+def _rel(page: Path, target: str) -> str:
+    """``target`` (relative to the repository) as a link from ``page``."""
+    import os
+
+    return os.path.relpath(ROOT / target, (ROOT / page).parent)
+
+
+def render_page(page: Path, text: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise SystemExit(f"{page}: unknown rendered block {name!r}; known: {', '.join(BLOCKS)}")
+        return match.group(1) + BLOCKS[name](page) + match.group(4)
+
+    text = BLOCK.sub(fill, text)
+    # The provenance links point from the repository root; from a page in docs/ they need its relative path.
+    return re.sub(
+        r"\[`(results/[^`]+)`\]\((results/[^)]+)\)", lambda m: f"[`{m[1]}`]({_rel(page, m[2])})", text
+    )
+
+
+def layer_plot(path: Path) -> None:
+    from longattn_cli.bench.report import plot
+
+    data = _load(LAYER)
+    data["points"] = [p for p in data["points"] if p["label"] in LAYER_LABELS]
+    plot(data, path)
+
+
+PLOTS = {"docs/layer.png": layer_plot}
+
+
+def pages() -> list[Path]:
+    return [Path("README.md"), *sorted(p.relative_to(ROOT) for p in (ROOT / "docs").rglob("*.md"))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="Change nothing; exit 1 where a page is stale.")
+    args = parser.parse_args()
+    stale = []
+    for page in pages():
+        text = (ROOT / page).read_text()
+        new = render_page(page, text)
+        if new != text:
+            stale.append(str(page))
+            if not args.check:
+                (ROOT / page).write_text(new)
+    if args.check:
+        missing = [p for p in PLOTS if not (ROOT / p).is_file()]
+        if stale or missing:
+            print(
+                f"stale: {', '.join(stale + missing)}; run `make docs` and commit the result", file=sys.stderr
+            )
+            return 1
+        print("the rendered pages match the result files")
+        return 0
+    for path, draw in PLOTS.items():
+        draw(ROOT / path)
+    print(f"rendered {len(stale)} page(s) and {len(PLOTS)} plot(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
