@@ -40,7 +40,10 @@ docs:
 demo:
 	$(PYTHON) -m longattn_cli.demo
 
-# The README's Performance table; e.g. make bench BENCH_ARGS="--scope model --lengths 1024,2048"
+# One layer of every mechanism against transformers' references, into a new folder per run (BENCH_OUT);
+# e.g. make bench BENCH_ARGS="--scope model --lengths 1024,2048"
 BENCH_ARGS ?= --scope layer --lengths 512,1024,2048 --reference
+BENCH_OUT ?= runs/bench-$(shell date +%Y%m%d-%H%M%S)
 bench:
-	$(PYTHON) -m longattn_cmd benchmark $(BENCH_ARGS) --json bench.json --csv bench.csv
+	mkdir -p $(BENCH_OUT)
+	$(PYTHON) -m longattn_cmd benchmark $(BENCH_ARGS) --json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv --plot $(BENCH_OUT)/bench.png

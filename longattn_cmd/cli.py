@@ -177,6 +177,7 @@ def benchmark_cmd(**values) -> None:
     from longattn_cli.bench import sweep
 
     files = BenchmarkFiles(**given(values, BenchmarkFiles))
+    files.check()
     if files.list_variants:
         from longattn_cli.bench.candidates import list_candidates
 

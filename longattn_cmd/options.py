@@ -5,6 +5,7 @@ torch, transformers or the library, and the library takes these objects as its o
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from longattn_cmd.declare import given, option, validate
@@ -191,6 +192,15 @@ class BenchmarkFiles:
     list_variants: bool = option(
         False, "List the variant labels, their settings and references, and exit.", "--list"
     )
+    overwrite: bool = option(
+        False, "Replace result files that exist (by default a run never overwrites another's).", "--overwrite"
+    )
+
+    def check(self) -> None:
+        """One line, before any measuring, where a result file exists and --overwrite was not given."""
+        for flag, path in (("--json", self.json_path), ("--csv", self.csv_path), ("--plot", self.plot_path)):
+            if path and Path(path).exists() and not self.overwrite:
+                raise UserError(f"{flag} {path!r} exists; name a new file (one per run) or pass --overwrite")
 
 
 LSG_FLAG = "LSG setting (with --attention lsg); default: the source's, else the mechanism's (see docs)."

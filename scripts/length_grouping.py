@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--attention", default="softmax")
     args = parser.parse_args()
+    from longattn_cli.bench.machine import provenance_line
+
+    print(provenance_line(getattr(args, "threads", None)))
     cli = [sys.executable, "-m", "longattn_cmd"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "listops"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Re-measure the README's Performance tables (and the throughput table) on this machine, alone on it:
-#   bash scripts/performance.sh [OUT]        # OUT defaults to results/performance
-# (python -m longattn_cmd: the checkout it runs in, whatever is installed.) Each step writes JSON, CSV and a plot (or a text file) into OUT; the README quotes them.
+#   bash scripts/performance.sh [OUT]        # OUT defaults to results/performance/DATE-COMMIT, a new folder
+# (python -m longattn_cmd: the checkout it runs in, whatever is installed.) Each step writes JSON, CSV and a plot
+# (or a text file) into OUT; results/index.json names the files the docs show, `make docs` renders them.
 set -euo pipefail
-out=${1:-results/performance}
+out=${1:-results/performance/$(date +%Y-%m-%d)-$(git rev-parse --short HEAD)}
 mkdir -p "$out"
 common=(--repeats 3 --min-time 0 --threads 2)
 efficient=yoso-lsh,yoso-lsh-ebwd,nystrom,lsg-norm,lsg-bos_pooling,lsg-pooling,lsg-stride,lsg-block_stride

@@ -25,7 +25,16 @@ LAYER_LABELS = (
 )  # fmt: skip
 
 
+INDEX = "results/index.json"  # the result files the docs show, and on which pages
+
+
 def _load(path: str):
+    """A result file the docs show: listed in :data:`INDEX` (else this stops, naming the file)."""
+    shown = json.loads((ROOT / INDEX).read_text())["shown"]
+    if path not in shown:
+        raise SystemExit(
+            f"{path} is not in {INDEX}; list it there with what it is and the command that made it"
+        )
     return json.loads((ROOT / path).read_text())
 
 
@@ -110,6 +119,7 @@ def listops(page: Path) -> str:
     """The LRA ListOps runs at CPU scale beside the published accuracies."""
     path = "results/lra-cpu/listops.json"
     data = _load(path)
+    record, data = (data, data["rows"]) if isinstance(data, dict) else ({}, data)  # older files: rows only
     lines = [
         "LRA ListOps at CPU scale (24,000 training trees of 200–600 tokens; `longattn lra run listops`), test",
         "accuracy in %:",
@@ -137,7 +147,8 @@ def listops(page: Path) -> str:
         "peak MB",
     ]
     lines += _table(head, rows)
-    lines += ["", f"Source: [`{path}`]({path}) (runs of `recipes/lra/cpu/`; the runs' machine: 2 CPU cores)"]
+    source = provenance(path, record) if record else f"Source: [`{path}`]({path}) · date not recorded"
+    lines += ["", f"{source} (runs of `recipes/lra/cpu/`, 2 CPU cores)"]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +198,54 @@ def predict(page: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = {"glance": glance, "listops": listops, "onnx": onnx, "predict": predict}
+def recipe_keys(kind: str):
+    """Every key of a ``kind`` recipe with its default and what it does: ``--print-recipe``'s output."""
+
+    def block(page: Path) -> str:
+        import os
+
+        from longattn_cli.training.config import describe, load_recipe
+
+        before = os.environ.get("LONGATTN_CACHE")
+        os.environ["LONGATTN_CACHE"] = "~/.cache/longattn"  # the default as written, not this machine's path
+        try:
+            text = describe(load_recipe(kind, None, {}, complete=False))
+        finally:
+            if before is None:
+                del os.environ["LONGATTN_CACHE"]
+            else:
+                os.environ["LONGATTN_CACHE"] = before
+        return f"`longattn {kind} --print-recipe`:\n\n```yaml\n{text.rstrip()}\n```\n"
+
+    return block
+
+
+BLOCKS = {
+    "glance": glance,
+    "listops": listops,
+    "onnx": onnx,
+    "predict": predict,
+    "recipe-pretrain": recipe_keys("pretrain"),
+    "recipe-finetune": recipe_keys("finetune"),
+}
+SOURCES = {  # the result file each block reads
+    "glance": LAYER,
+    "listops": "results/lra-cpu/listops.json",
+    "onnx": "results/onnx/speed.json",
+    "predict": "results/predict/throughput.json",
+}
+
+
+def index_problems() -> list[str]:
+    """Where results/index.json's pages differ from the pages that show each file."""
+    shown: dict[str, set[str]] = {}
+    for page in pages():
+        for match in BLOCK.finditer((ROOT / page).read_text()):
+            if match["name"] in SOURCES:
+                shown.setdefault(SOURCES[match["name"]], set()).add(str(page))
+    listed = {k: set(v["pages"]) for k, v in json.loads((ROOT / INDEX).read_text())["shown"].items()}
+    return [f"{INDEX}: {path} is shown in {sorted(shown.get(path, ()))}, listed for {sorted(listed.get(path, ()))}"
+            for path in sorted(set(shown) | set(listed)) if shown.get(path) != listed.get(path)]  # fmt: skip
 
 
 def _rel(page: Path, target: str) -> str:
@@ -240,6 +298,9 @@ def main() -> int:
                 (ROOT / page).write_text(new)
     if args.check:
         missing = [p for p in PLOTS if not (ROOT / p).is_file()]
+        for problem in index_problems():
+            print(problem, file=sys.stderr)
+            stale.append(INDEX)
         if stale or missing:
             print(
                 f"stale: {', '.join(stale + missing)}; run `make docs` and commit the result", file=sys.stderr

@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mechanisms", nargs="*", default=None, help="default: every registered mechanism")
     args = parser.parse_args()
+    from longattn_cli.bench.machine import provenance_line
+
+    print(provenance_line(getattr(args, "threads", None)))
     sys.path.insert(0, str(ROOT))
     from longattn_cli.attention import available
 

@@ -25,7 +25,7 @@ TINY = ["--model-size", "tiny", "--heads", "2", "--head-dim", "8", *QUICK]
 
 def sweep(tmp_path, capsys, args, *extra, shape=TINY):
     """Run ``benchmark`` with the tiny shapes, ``args`` (one string) and ``extra`` (paths); return the JSON."""
-    files = ["--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
+    files = ["--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"), "--overwrite"]  # reused
     code, out, err = run(["benchmark", *shape, *files, *args.split(), *extra], capsys)
     assert code == 0, err
     return json.loads((tmp_path / "b.json").read_text()), out
@@ -554,3 +554,15 @@ def test_the_layer_scope_times_the_models_own_attention_half(mechanism):
         torch.testing.assert_close(
             layer.output_norm(block + layer.output(layer.act(layer.intermediate(block)))), whole
         )
+
+
+def test_a_run_never_overwrites_another_without_overwrite(tmp_path, capsys):
+    for flag, name in (("--json", "b.json"), ("--csv", "b.csv"), ("--plot", "b.png")):
+        path = tmp_path / name
+        path.write_text("an earlier run")
+        code, _, err = run(["benchmark", *TINY, flag, str(path)], capsys)
+        assert code == 2 and f"{flag} {str(path)!r} exists" in err and "--overwrite" in err, err
+        assert len(err.strip().splitlines()) == 1 and path.read_text() == "an earlier run"
+    code, _, err = run(["benchmark", *TINY, "--json", str(tmp_path / "b.json"), "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "b.json").read_text())["when"]

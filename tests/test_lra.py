@@ -258,7 +258,9 @@ def test_lra_run_builds_data_trains_each_mechanism_resumes_and_reports(tmp_path,
     )
     assert code == 0, err
     assert len((tmp_path / "data/lra/listops-cpu/train.jsonl").read_text().splitlines()) == 24
-    rows = {r["attention"]: r for r in json.loads((tmp_path / "sweep/listops.json").read_text())}
+    record = json.loads((tmp_path / "sweep/listops.json").read_text())
+    assert record["when"] and record["command"] and "commit" in record
+    rows = {r["attention"]: r for r in record["rows"]}
     assert set(rows) == {"softmax", "lsg"} and all(r["steps"] == 2 for r in rows.values())
     assert all(0 < r["majority"] < 100 and r["tokens_per_s"] > 0 for r in rows.values())
     assert "major" in out and "listops  softmax" in (tmp_path / "sweep/listops.txt").read_text()

@@ -146,7 +146,7 @@ class LSGAttention(Attention):
         b, h, n, d = q.shape
         length = n - g
         pad = -length % bs
-        if not exporting() and pad and not s.adaptive:
+        if pad and not s.adaptive:
             raise UserError(
                 f"LSG with adaptive=false needs a length that is a multiple of block_size={bs} (got {length} tokens "
                 "after the global ones); set adaptive=true or pad the input"
@@ -161,13 +161,13 @@ class LSGAttention(Attention):
             # bos_pooling weighs with the query of the first real token (BOS/CLS): rows are right-aligned.
             ks, vs, ms = self._compress(
                 qr[:, :, :1],
-                *(F.pad(x, (0, 0, 0, pad)) if exporting() or pad else x for x in (kr, vr)),
+                *(F.pad(x, (0, 0, 0, pad)) if pad else x for x in (kr, vr)),
                 F.pad(mr[:, 0, :, 0], (0, pad)),
             )  # (B, H, L/f, D)
             sparse = tuple(self._pad_compressed(x) for x in (ks, vs, ms[..., None]))
         keys = g + 3 * bs + (2 * s.sparse_block_size if sparse else 0)
         per_block = 2 * b * h * keys * d * q.element_size()  # bytes of one block's key and value windows
-        if not (torch.is_grad_enabled() and q.requires_grad) or per_block * blocks <= _WINDOW_BUDGET:
+        if per_block * blocks <= _WINDOW_BUDGET or not (torch.is_grad_enabled() and q.requires_grad):
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
         else:
             # Long inputs in training: blocks in chunks whose windows are rebuilt in the backward instead of

@@ -13,12 +13,7 @@ def machine(device: str, threads: int | None) -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = _cpu_model()
     info = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
@@ -55,6 +50,20 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def provenance_line(threads: int | None = None) -> str:
+    """:func:`provenance` and the CPU in one line, to head a script's printed result."""
+    import os
+
+    import torch
+
+    cpu = _cpu_model()
+    p = provenance()
+    return (
+        f"# {p['when']} · commit {p['commit']} · {cpu}, {os.cpu_count()} cores, {threads or torch.get_num_threads()} "
+        f"threads · torch {torch.__version__} · {p['command']}"
+    )
+
+
 def source_commit() -> str | None:
     """The checkout's short commit, with ``+dirty`` where the tree has uncommitted changes (None outside a
     git checkout): which code a result file's numbers came from."""
@@ -72,6 +81,16 @@ def source_commit() -> str | None:
     if head.returncode:
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _total_memory_gb() -> float | None:

@@ -66,7 +66,7 @@ def _task_from_name(name: str) -> str:
 
 def report(runs: list[str], as_json: bool = False, save: str | Path | None = None) -> list[dict[str, Any]]:
     """Print the comparison table (or JSON) and return its rows; ``save``: also write SAVE.txt (the table as
-    printed, 80 columns) and SAVE.json (the rows)."""
+    printed, 80 columns) and SAVE.json (when, commit, command and the rows)."""
     if not runs:
         raise UserError("no runs given; pass one or more finetune output directories")
     rows = [read_run(r) for r in runs]
@@ -74,7 +74,10 @@ def report(runs: list[str], as_json: bool = False, save: str | Path | None = Non
         row["published"] = published(row["attention"], row["task"])
     if save:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{save}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        from longattn_cli.bench.machine import provenance
+
+        record = {**provenance(), "rows": rows}
+        Path(f"{save}.json").write_text(json.dumps(record, indent=2) + "\n")
     if as_json:
         print(json.dumps(rows, indent=2))
         return rows
