@@ -36,6 +36,23 @@ def pick_dtype(name: str) -> torch.dtype:
         raise UserError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of bf16 arithmetic in hardware
+
+
+def cpu_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU does bf16 arithmetic in hardware (one of :data:`NATIVE_BF16_FLAGS`); None where
+    ``cpuinfo`` cannot be read (not Linux): unknown. Without it torch converts every bf16 product through
+    fp32, and bf16 training runs slower than fp32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None:
+        return None
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Out of memory: CUDA's ``torch.OutOfMemoryError``, Python's ``MemoryError``, or the CPU allocator's
     failure as a ``RuntimeError``."""

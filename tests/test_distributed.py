@@ -385,6 +385,28 @@ def test_sharded_launches_that_cannot_run_are_one_clear_line(monkeypatch):
         make_accelerator("no")
 
 
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_one_line_not_a_crawl(tmp_path, monkeypatch):
+    """The flags decide: a CPU without avx512_bf16 or amx_bf16 refuses bf16 training in one line, one with
+    either flag (or an unreadable cpuinfo) takes it."""
+    from longattn_cli import devices
+    from longattn_cli.errors import UserError
+    from longattn_cli.training.accelerator import make_accelerator
+
+    without, native = tmp_path / "without", tmp_path / "native"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert devices.cpu_native_bf16(str(without)) is False and devices.cpu_native_bf16(str(native)) is True
+    assert devices.cpu_native_bf16(str(tmp_path / "absent")) is None
+    if torch.cuda.is_available():
+        return
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: False)
+    with pytest.raises(UserError, match="no bf16 arithmetic in hardware .* use training.mixed_precision=no"):
+        make_accelerator("bf16")
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: True)
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+
+
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_matches_data_parallel_and_resumes_bit_exactly(tmp_path):
     """`accelerate launch --use_fsdp --fsdp_version 2` (fully_shard over gloo): the same losses as data

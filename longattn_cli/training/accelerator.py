@@ -31,6 +31,15 @@ def make_accelerator(precision: str):
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    if precision == "bf16" and not torch.cuda.is_available():
+        from longattn_cli.devices import NATIVE_BF16_FLAGS, cpu_native_bf16
+
+        if cpu_native_bf16() is False:
+            raise UserError(
+                "training.mixed_precision=bf16: this CPU has no bf16 arithmetic in hardware (no "
+                f"{' or '.join(NATIVE_BF16_FLAGS)} flag), where bf16 trains slower than fp32; use "
+                "training.mixed_precision=no"
+            )
     # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
     # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
     world = int(os.environ.get("WORLD_SIZE", "1"))
