@@ -390,7 +390,7 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_one_line_not_a_crawl(tmp_path,
     either flag (or an unreadable cpuinfo) takes it."""
     from longattn_cli import devices
     from longattn_cli.errors import UserError
-    from longattn_cli.training.accelerator import make_accelerator
+    from longattn_cli.training.accelerator import check_cpu_bf16, make_accelerator
 
     without, native = tmp_path / "without", tmp_path / "native"
     without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
@@ -402,9 +402,10 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_one_line_not_a_crawl(tmp_path,
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(devices, "cpu_native_bf16", lambda: False)
     with pytest.raises(UserError, match="no bf16 arithmetic in hardware .* use training.mixed_precision=no"):
-        make_accelerator("bf16")
+        make_accelerator("bf16")  # refused before accelerate's state is touched
+    check_cpu_bf16("no")  # fp32 is never refused
     monkeypatch.setattr(devices, "cpu_native_bf16", lambda: True)
-    assert make_accelerator("bf16").mixed_precision == "bf16"
+    check_cpu_bf16("bf16")
 
 
 @pytest.mark.slow

@@ -31,15 +31,7 @@ def make_accelerator(precision: str):
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
-    if precision == "bf16" and not torch.cuda.is_available():
-        from longattn_cli.devices import NATIVE_BF16_FLAGS, cpu_native_bf16
-
-        if cpu_native_bf16() is False:
-            raise UserError(
-                "training.mixed_precision=bf16: this CPU has no bf16 arithmetic in hardware (no "
-                f"{' or '.join(NATIVE_BF16_FLAGS)} flag), where bf16 trains slower than fp32; use "
-                "training.mixed_precision=no"
-            )
+    check_cpu_bf16(precision)
     # Launched as several processes on a machine without a GPU: accelerate only forms a (gloo) group when asked
     # for the CPU explicitly; otherwise every process would train alone, unaware of the others.
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -59,6 +51,20 @@ def make_accelerator(precision: str):
     if kind in ("DEEPSPEED", "MEGATRON_LM"):
         raise UserError(f"accelerate's {kind} is not supported; launch data parallel (DDP) or FSDP2 instead")
     return accelerator
+
+
+def check_cpu_bf16(precision: str) -> None:
+    """bf16 on a CPU without bf16 arithmetic in hardware is one line, not a run slower than fp32."""
+    if precision != "bf16" or torch.cuda.is_available():
+        return
+    from longattn_cli.devices import NATIVE_BF16_FLAGS, cpu_native_bf16
+
+    if cpu_native_bf16() is False:
+        raise UserError(
+            "training.mixed_precision=bf16: this CPU has no bf16 arithmetic in hardware (no "
+            f"{' or '.join(NATIVE_BF16_FLAGS)} flag), where bf16 trains slower than fp32; use "
+            "training.mixed_precision=no"
+        )
 
 
 def _flag(name: str) -> bool:
