@@ -110,13 +110,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from longattn_cli.bench.machine import machine, source_commit
+    from longattn_cli.bench.machine import machine, provenance
 
     lengths = [int(x) for x in args.lengths.split(",")]
     result = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "commit": source_commit(),
-        "command": "python " + " ".join(sys.argv),
+        **provenance(),
         "machine": {**machine("cpu", args.threads), "onnxruntime": onnxruntime.__version__},
         "size": {"name": args.size, **SIZES[args.size]},
         "batch": 1,

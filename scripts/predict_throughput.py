@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import longattn_cli  # noqa: F401  (registers the family for the pipeline)
-    from longattn_cli.bench.machine import machine, source_commit
+    from longattn_cli.bench.machine import machine, provenance
     from longattn_cli.inference.predict import predict_file
     from longattn_cli.models.modeling import LongAttnForSequenceClassification
     from longattn_cli.testing import tiny_config, train_bpe_tokenizer
@@ -90,8 +89,7 @@ def main() -> None:
         )
     rate = {k: args.documents / v for k, v in timings.items()}
     result = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine("cpu", args.threads)["cpu"],
-        "commit": source_commit(), "command": "python " + " ".join(sys.argv),
+        **provenance(), "machine": machine("cpu", args.threads)["cpu"],
         "threads": args.threads, "attention": args.attention, "documents": args.documents,
         "batch_size": args.batch_size, "seconds": timings, "documents_per_s": rate,
         "speedup": rate["longattn predict"] / rate["pipeline"], "same_labels": f"{agree}/{args.documents}",

@@ -40,13 +40,17 @@ def provenance() -> dict[str, Any]:
     import time
     from pathlib import Path
 
-    argv = [Path(sys.argv[0]).name if sys.argv[0].endswith(("longattn", "__main__.py")) else sys.argv[0]]
-    if argv[0] == "__main__.py":
-        argv = ["python", "-m", "longattn_cmd"]
+    first = sys.argv[0]
+    if first.endswith("__main__.py"):
+        head = ["python", "-m", "longattn_cmd"]
+    elif first.endswith(".py"):  # a script: the command that reruns it
+        head = ["python", first]
+    else:
+        head = [Path(first).name]  # the console entry point, longattn
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": source_commit(),
-        "command": shlex.join(argv + sys.argv[1:]),
+        "command": shlex.join(head + sys.argv[1:]),
     }
 
 
