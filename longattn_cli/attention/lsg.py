@@ -167,12 +167,22 @@ class LSGAttention(Attention):
             sparse = tuple(self._pad_compressed(x) for x in (ks, vs, ms[..., None]))
         keys = g + 3 * bs + (2 * s.sparse_block_size if sparse else 0)
         per_block = 2 * b * h * keys * d * q.element_size()  # bytes of one block's key and value windows
-        if per_block * blocks <= _WINDOW_BUDGET or not (torch.is_grad_enabled() and q.requires_grad):
+        step = max(1, _CHUNK_BUDGET // per_block)
+        p = self.dropout if self.training else 0.0
+        if not _needs_grad(q, k, v) or (p == 0 and q.device.type == "cpu"):
+            # Blocks in chunks of about _CHUNK_BUDGET of windows, one chunk's windows alive at a time: no
+            # gradient needs them, or _Windowed keeps their sources only (and cuts them again in the backward).
+            chunks = [
+                self._chunk(i, min(blocks, i + step), qr, kr, vr, mr, kg, vg, *sparse)
+                for i in range(0, blocks, step)
+            ]
+            out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
+        elif per_block * blocks <= _WINDOW_BUDGET:
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
         else:
-            # Long inputs in training: blocks in chunks whose windows are rebuilt in the backward instead of
-            # kept (all blocks' windows hold ~5x the keys and values), for one more forward of the blocks.
-            step = max(1, _CHUNK_BUDGET // per_block)
+            # Long inputs in training with dropout (or off the CPU): blocks in chunks whose windows are rebuilt
+            # in the backward instead of kept (all blocks' windows hold ~5x the keys and values), for one more
+            # forward of the blocks.
             out = _Chunked.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
         return torch.cat([global_out, out[:, :, :length]], dim=2)
 
@@ -229,28 +239,35 @@ class LSGAttention(Attention):
         """Attention of the query blocks ``q`` (B, H, nb·bs, D) to their windows: ``kp``, ``vp``, ``mp`` hold
         the blocks' keys, values and mask with one block more on each side; ``windows`` the ``sparse``
         compressed key windows, as many value windows and mask windows (each (B, H, nb, sbs, ·))."""
-        b, h, length, d = q.shape
-        bs = self.settings.block_size
-        blocks = length // bs
-        sk, sv, sm = windows[:sparse], windows[sparse : 2 * sparse], windows[2 * sparse :]
-        keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
-        values = self._per_block(vp, vg, sv)
-        masks = self._per_block(mp, torch.ones_like(mp[:, :, : kg.shape[2]]), sm)[..., 0]  # (B, 1|H, nb, K)
         p = self.dropout if self.training else 0.0
-        # Blocks folded into the head axis: 4-D inputs take torch's fused kernels (5-D ones fall back to
-        # the math path, 3-4x slower on CPU).
-        k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)  # (B, H·nb, K, D)
-        m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)  # (B, H·nb, 1, K)
-        q4 = q.reshape(b, h * blocks, bs, d)
+        if p == 0 and q.device.type == "cpu" and _needs_grad(q, kp, vp, kg, vg, *windows[: 2 * sparse]):
+            return _Windowed.apply(self, sparse, q, kp, vp, mp, kg, vg, *windows)
+        q4, k4, v4, m4 = self._block_inputs(q, kp, vp, mp, sparse, kg, vg, *windows)
+        b, h, length, d = q.shape
+        blocks = q4.shape[1] // h
         if p > 0 and q.device.type == "cpu":
             # torch's CPU SDPA has no fused kernel with dropout (its math path draws the mask with
             # bernoulli_, a quarter of an LSG training step): the same attention, with a cheaper mask.
             flat = [x.flatten(0, 1) for x in (q4, k4, v4)]
-            drop, scale = drop_mask((b * h * blocks, bs, k4.shape[2]), p, q.device)
+            drop, scale = drop_mask((b * h * blocks, q4.shape[2], k4.shape[2]), p, q.device)
             out = DroppedSoftmax.apply(*flat, ~m4.flatten(0, 1), drop, scale)
         else:
             out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4, dropout_p=p)
         return out.reshape(b, h, length, d)
+
+    def _block_inputs(self, q, kp, vp, mp, sparse, kg, vg, *windows):
+        """:meth:`_blocks`' inputs as SDPA takes them, blocks folded into the head axis (4-D inputs take
+        torch's fused kernels; 5-D ones fall back to the math path, 3-4x slower on CPU): queries
+        (B, H·nb, bs, D), every block's keys and values (B, H·nb, K, D) and key mask (B, H·nb, 1, K)."""
+        b, h, length, d = q.shape
+        blocks = length // self.settings.block_size
+        sk, sv, sm = windows[:sparse], windows[sparse : 2 * sparse], windows[2 * sparse :]
+        keys = self._per_block(kp, kg, sk)  # (B, H, nb, K, D)
+        values = self._per_block(vp, vg, sv)
+        masks = self._per_block(mp, torch.ones_like(mp[:, :, : kg.shape[2]]), sm)[..., 0]  # (B, 1|H, nb, K)
+        k4, v4 = keys.view(b, h * blocks, -1, d), values.view(b, h * blocks, -1, d)
+        m4 = masks.expand(b, h, blocks, -1).reshape(b, h * blocks, 1, -1)
+        return q.reshape(b, h * blocks, -1, d), k4, v4, m4
 
     def _per_block(self, xp, xg, sparse):
         """What every block attends to, as one tensor (B, H, nb, K, D): globals | sparse windows (left,
@@ -339,6 +356,49 @@ class _Chunked(torch.autograd.Function):
                     if gx is not None:
                         buf += gx
         return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
+
+
+def _needs_grad(*xs: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _bias(m4: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean key mask as the additive one SDPA hands its fused CPU kernel (-inf where False)."""
+    return torch.zeros(m4.shape, dtype=dtype, device=m4.device).masked_fill_(~m4, -math.inf)
+
+
+class _Windowed(torch.autograd.Function):
+    """:meth:`LSGAttention._blocks` without dropout on CPU, keeping what the windows are cut from instead
+    of the windows: SDPA's autograd would keep every block's key and value windows (about 5x the keys and
+    values) until the backward. The backward cuts them again (copies, no arithmetic) and calls the fused
+    kernel's own backward with the forward's output and log-sum-exp, so no attention is recomputed."""
+
+    @staticmethod
+    def forward(ctx, att, sparse, q, kp, vp, mp, kg, vg, *windows):
+        q4, k4, v4, m4 = att._block_inputs(q, kp, vp, mp, sparse, kg, vg, *windows)
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        out, lse = flash(q4, k4, v4, attn_mask=_bias(m4, q4.dtype))
+        ctx.att, ctx.sparse, ctx.shape = att, sparse, q.shape
+        ctx.save_for_backward(q, kp, vp, mp, kg, vg, *windows, out, lse)
+        return out.reshape(q.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        att, sparse = ctx.att, ctx.sparse
+        q, kp, vp, mp, kg, vg, *rest = ctx.saved_tensors
+        windows, out, lse = rest[:-2], rest[-2], rest[-1]
+        sources = [x.detach().requires_grad_() for x in (kp, vp, kg, vg, *windows[: 2 * sparse])]
+        kp_, vp_, kg_, vg_, *kv = sources
+        with torch.enable_grad():
+            q4, k4, v4, m4 = att._block_inputs(q, kp_, vp_, mp, sparse, kg_, vg_, *kv, *windows[2 * sparse :])
+        gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad.reshape(q4.shape), q4, k4.detach(), v4.detach(), out, lse, 0.0, False, attn_mask=_bias(m4, q4.dtype)
+        )
+        got = torch.autograd.grad([k4, v4], sources, [gk, gv], allow_unused=True)
+        gkp, gvp, gkg, gvg, *gkv = got
+        none = (None,) * len(windows[2 * sparse :])
+        return None, None, gq.reshape(ctx.shape), gkp, gvp, None, gkg, gvg, *gkv, *none
 
 
 def drop_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:
