@@ -115,6 +115,11 @@ class BenchmarkOptions:
         "With --scope model: recompute each layer's activations in the backward, as "
         "training.gradient_checkpointing does (less memory, more time).",
     )
+    compile: bool = option(
+        False,
+        "torch.compile what is measured (each layer of a model, as training.compile does); the first "
+        "step's extra time (compilation) and the graph breaks are recorded beside the timings.",
+    )
     threads: int | None = option(None, "CPU threads for torch (default: torch's).", minimum=1)
     warmup: int = option(1, "Untimed steps before timing.", minimum=0)
     repeats: int = option(

@@ -236,26 +236,24 @@ def test_long_inputs_train_in_recomputed_chunks_with_the_same_answer(kind, chunk
 
 
 @pytest.mark.parametrize("kind", ["norm", "pooling", "none"])
-def test_training_keeps_what_the_windows_are_cut_from_not_the_windows(kind, monkeypatch):
-    """Without dropout on CPU the blocks' attention keeps the windows' sources, not the windows (about 5x the
-    keys and values), and cuts them again in the backward: the same outputs and gradients as SDPA's own
-    autograd over the windows, for fewer bytes saved for the backward (here 0.74x: at 4,096 tokens the
-    windows are most of them)."""
+@pytest.mark.parametrize("chunk", [1, 3, 100])  # blocks per chunk
+def test_training_keeps_the_inputs_not_the_windows(kind, chunk, monkeypatch):
+    """Without dropout on CPU the blocks' attention keeps its inputs and each chunk's output and log-sum-exp,
+    not the windows (about 5x the keys and values) nor the padded copies they are cut from, and calls the
+    fused kernel's own backward: the same outputs and gradients as SDPA's autograd over all blocks' windows
+    at once, with fewer bytes saved for the backward (at 4,096 tokens the windows are most of them)."""
     from longattn_cli.attention import lsg
 
     att = build_attention("lsg", settings(sparsity_type=kind), 3, 8).train()
+    per_block = 2 * 3 * 2 * (2 + 12 + 8) * 8 * 4  # b·h·K·d·4 bytes for keys and values
+    monkeypatch.setattr(lsg, "_CHUNK_BUDGET", chunk * per_block)
     q, k, v = qkv(2, 2 + 45, seed=4)
     mask = torch.ones(2, 47, dtype=torch.bool)
     mask[1, 30:] = False
     results, saved = [], []
-
-    def through_sdpa(self, sparse, q_, kp, vp, mp, kg, vg, *windows):
-        q4, k4, v4, m4 = self._block_inputs(q_, kp, vp, mp, sparse, kg, vg, *windows)
-        return torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4).reshape(q_.shape)
-
-    for route in ("windowed", "sdpa"):
+    for route in ("fused chunks", "sdpa"):
         if route == "sdpa":
-            monkeypatch.setattr(lsg._Windowed, "apply", through_sdpa)
+            monkeypatch.setattr(lsg._FusedChunks, "apply", lambda a, blocks, step, *xs: a._chunk(0, blocks, *xs))
         xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
         sizes = []
 

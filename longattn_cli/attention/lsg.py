@@ -169,14 +169,14 @@ class LSGAttention(Attention):
         per_block = 2 * b * h * keys * d * q.element_size()  # bytes of one block's key and value windows
         step = max(1, _CHUNK_BUDGET // per_block)
         p = self.dropout if self.training else 0.0
-        if not _needs_grad(q, k, v) or (p == 0 and q.device.type == "cpu"):
-            # Blocks in chunks of about _CHUNK_BUDGET of windows, one chunk's windows alive at a time: no
-            # gradient needs them, or _Windowed keeps their sources only (and cuts them again in the backward).
+        if not _needs_grad(q, k, v):  # blocks in chunks: one chunk's windows alive at a time
             chunks = [
                 self._chunk(i, min(blocks, i + step), qr, kr, vr, mr, kg, vg, *sparse)
                 for i in range(0, blocks, step)
             ]
             out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
+        elif p == 0 and q.device.type == "cpu":
+            out = _FusedChunks.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
         elif per_block * blocks <= _WINDOW_BUDGET:
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
         else:
@@ -209,15 +209,17 @@ class LSGAttention(Attention):
         keys = slice(max((first - 1) * bs, 0), min((stop + 1) * bs, length))
         return slice(first * bs, stop * bs), keys, slice(first * step, (stop - 1) * step + width)
 
-    def _chunk(self, first, stop, q, k, v, m, kg, vg, *sparse):
+    def _chunk(self, first, stop, q, k, v, m, kg, vg, *sparse, attend=None):
         """Blocks ``first`` … ``stop - 1``. ``q``, ``k``, ``v`` (B, H, length, D) and ``m`` (B, 1, length, 1)
         are the unpadded rows after the globals; ``sparse`` the padded compressed keys, values and mask
         (:meth:`_pad_compressed`), or nothing."""
         where = self._rows(first, stop, q.shape[2])
         q_, k_, v_, kg, vg, *sparse = _at(where, q, k, v, kg, vg, *sparse)
-        return self._chunk_of(first, stop, q.shape[2], q_, k_, v_, m[:, :, where[1]], kg, vg, *sparse)
+        return self._chunk_of(
+            first, stop, q.shape[2], q_, k_, v_, m[:, :, where[1]], kg, vg, *sparse, attend=attend
+        )
 
-    def _chunk_of(self, first, stop, length, q, k, v, m, kg, vg, *sparse):
+    def _chunk_of(self, first, stop, length, q, k, v, m, kg, vg, *sparse, attend=None):
         """:meth:`_chunk` on the rows :meth:`_rows` names; rows outside the sequence count as zeros (masked),
         as if the sequence had an empty block on each side."""
         bs = self.settings.block_size
@@ -233,15 +235,13 @@ class LSGAttention(Attention):
             windows = tuple(
                 _windows(w, sbs, step) for x in sparse for w in (x[:, :, :span], x[:, :, width - sbs :])
             )
-        return self._blocks(q, k, v, m, len(windows) // 3, kg, vg, *windows)
+        return (attend or self._blocks)(q, k, v, m, len(windows) // 3, kg, vg, *windows)
 
     def _blocks(self, q, kp, vp, mp, sparse, kg, vg, *windows):
         """Attention of the query blocks ``q`` (B, H, nb·bs, D) to their windows: ``kp``, ``vp``, ``mp`` hold
         the blocks' keys, values and mask with one block more on each side; ``windows`` the ``sparse``
         compressed key windows, as many value windows and mask windows (each (B, H, nb, sbs, ·))."""
         p = self.dropout if self.training else 0.0
-        if p == 0 and q.device.type == "cpu" and _needs_grad(q, kp, vp, kg, vg, *windows[: 2 * sparse]):
-            return _Windowed.apply(self, sparse, q, kp, vp, mp, kg, vg, *windows)
         q4, k4, v4, m4 = self._block_inputs(q, kp, vp, mp, sparse, kg, vg, *windows)
         b, h, length, d = q.shape
         blocks = q4.shape[1] // h
@@ -367,38 +367,72 @@ def _bias(m4: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(m4.shape, dtype=dtype, device=m4.device).masked_fill_(~m4, -math.inf)
 
 
-class _Windowed(torch.autograd.Function):
-    """:meth:`LSGAttention._blocks` without dropout on CPU, keeping what the windows are cut from instead
-    of the windows: SDPA's autograd would keep every block's key and value windows (about 5x the keys and
-    values) until the backward. The backward cuts them again (copies, no arithmetic) and calls the fused
-    kernel's own backward with the forward's output and log-sum-exp, so no attention is recomputed."""
+class _FusedChunks(torch.autograd.Function):
+    """:meth:`LSGAttention._chunk` over all blocks without dropout on CPU, ``step`` blocks at a time, keeping
+    only its inputs and each chunk's output and log-sum-exp: SDPA's autograd would keep every block's key and
+    value windows (about 5x the keys and values) and the padded copies they are cut from. The backward cuts
+    each chunk's windows again (copies, no arithmetic) and calls torch's fused CPU kernel's own backward, so
+    no attention is recomputed; each chunk's gradients are added into one buffer per input."""
 
     @staticmethod
-    def forward(ctx, att, sparse, q, kp, vp, mp, kg, vg, *windows):
-        q4, k4, v4, m4 = att._block_inputs(q, kp, vp, mp, sparse, kg, vg, *windows)
-        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        out, lse = flash(q4, k4, v4, attn_mask=_bias(m4, q4.dtype))
-        ctx.att, ctx.sparse, ctx.shape = att, sparse, q.shape
-        ctx.save_for_backward(q, kp, vp, mp, kg, vg, *windows, out, lse)
-        return out.reshape(q.shape)
+    def forward(ctx, att, blocks, step, q, k, v, m, kg, vg, *sparse):
+        ctx.att, ctx.blocks, ctx.step = att, blocks, step
+        outs, stats = [], []
+
+        def attend(*inputs):
+            q4, k4, v4, m4 = att._block_inputs(*inputs)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q4, k4, v4, attn_mask=_bias(m4, q4.dtype)
+            )
+            outs.append(out)
+            stats.append(lse)
+            return out.reshape(inputs[0].shape)
+
+        chunks = [
+            att._chunk(i, min(blocks, i + step), q, k, v, m, kg, vg, *sparse, attend=attend)
+            for i in range(0, blocks, step)
+        ]
+        ctx.save_for_backward(q, k, v, m, kg, vg, *sparse, *outs, *stats)
+        ctx.inputs = 6 + len(sparse)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        att, sparse = ctx.att, ctx.sparse
-        q, kp, vp, mp, kg, vg, *rest = ctx.saved_tensors
-        windows, out, lse = rest[:-2], rest[-2], rest[-1]
-        sources = [x.detach().requires_grad_() for x in (kp, vp, kg, vg, *windows[: 2 * sparse])]
-        kp_, vp_, kg_, vg_, *kv = sources
-        with torch.enable_grad():
-            q4, k4, v4, m4 = att._block_inputs(q, kp_, vp_, mp, sparse, kg_, vg_, *kv, *windows[2 * sparse :])
-        gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad.reshape(q4.shape), q4, k4.detach(), v4.detach(), out, lse, 0.0, False, attn_mask=_bias(m4, q4.dtype)
-        )
-        got = torch.autograd.grad([k4, v4], sources, [gk, gv], allow_unused=True)
-        gkp, gvp, gkg, gvg, *gkv = got
-        none = (None,) * len(windows[2 * sparse :])
-        return None, None, gq.reshape(ctx.shape), gkp, gvp, None, gkg, gvg, *gkv, *none
+        att, blocks, step = ctx.att, ctx.blocks, ctx.step
+        saved = ctx.saved_tensors
+        q, k, v, m, kg, vg, *sparse = saved[: ctx.inputs]
+        chunks = len(range(0, blocks, step))
+        outs, stats = saved[ctx.inputs : ctx.inputs + chunks], saved[ctx.inputs + chunks :]
+        length, bs = q.shape[2], att.settings.block_size
+        gq, gk, gv, gkg, gvg = (torch.zeros_like(x) for x in (q, k, v, kg, vg))
+        gsparse = [torch.zeros_like(x) for x in sparse[:2]]  # compressed keys and values (not the mask)
+        built = []
+
+        def cut(*inputs):  # the chunk's windows, with their graph back to the leaves
+            built.append(att._block_inputs(*inputs))
+            return inputs[0]
+
+        for c, i in enumerate(range(0, blocks, step)):
+            stop = min(blocks, i + step)
+            where = att._rows(i, stop, length)
+            _, keys, slots = where
+            leaves = [x.detach().requires_grad_() for x in _at(where, q, k, v, kg, vg, *sparse[:2])]
+            lq, lk, lv, lkg, lvg, *ls = leaves
+            ms = (sparse[2][:, :, slots],) if sparse else ()
+            with torch.enable_grad():
+                att._chunk_of(i, stop, length, lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms, attend=cut)
+            q4, k4, v4, m4 = built.pop()
+            g4 = grad[:, :, i * bs : stop * bs].reshape(q4.shape)
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                g4, q4.detach(), k4.detach(), v4.detach(), outs[c], stats[c], 0.0, False,
+                attn_mask=_bias(m4, q4.dtype),
+            )  # fmt: skip
+            got = torch.autograd.grad([q4, k4, v4], leaves, [dq, dk, dv], allow_unused=True)
+            for buf, gx in zip(_at(where, gq, gk, gv, gkg, gvg, *gsparse), got, strict=True):
+                if gx is not None:
+                    buf += gx
+        return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
 
 
 def drop_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:

@@ -188,6 +188,11 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, Callable]:
         # As training.gradient_checkpointing: each layer's activations recomputed in the backward (the
         # step's FLOP count stays the algorithm's, without the recomputed forward).
         module.gradient_checkpointing_enable()
+    if spec.get("compile"):
+        from longattn_cli.models.compiled import compile_layers
+
+        if not (spec["scope"] == "model" and compile_layers(module)):
+            module.compile()  # one attention block, or a reference model as a whole
     return module, run
 
 
@@ -389,6 +394,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         module, run = build(spec)
         prepare, step = make_step(module, run, spec["mode"])
+        compiled = _first_compiled_step(prepare, step, device) if spec.get("compile") else {}
         times, over = time_steps(
             prepare,
             step,
@@ -412,4 +418,22 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.empty_cache()
     out = summarize(times, spec["batch"] * spec["n"])
     out.update(status=OK, peak_memory_bytes=peak, memory_method=method)
+    if compiled:
+        compiled["compile_s"] = max(compiled.pop("first_step_s") - out["time_s"], 0.0)
+        out.update(compiled)
     return out
+
+
+def _first_compiled_step(prepare: Callable, step: Callable, device: torch.device) -> dict[str, Any]:
+    """The first step of a compiled module (compilation included) and the graph breaks it met."""
+    from longattn_cli.models.compiled import graph_breaks, reset_graph_breaks
+
+    reset_graph_breaks()
+    prepare()
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    breaks = graph_breaks()
+    return {"first_step_s": first, "graph_breaks": sum(breaks.values()), "graph_break_reasons": dict(breaks)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import json
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def group_table(points: list[dict[str, Any]]) -> Group:
     table = _compact(
         f"{p0['scope']} · {what} · n={p0['n']:,} · batch {p0['batch']}"
         + (f" · {p0['dtype']}" if p0.get("dtype", "float32") != "float32" else "")
-        + (" · checkpointed" if p0.get("gradient_checkpointing") else ""),
+        + (" · checkpointed" if p0.get("gradient_checkpointing") else "")
+        + (" · compiled" if p0.get("compile") else ""),
         "ms: median step · IQR: quartile spread · mem: peak · ÷ t/m: time/memory ratios · %pk: percent of the "
         "machine's matmul ceiling reached, by the algorithm's FLOP count" + _baseline_note(points),
         padding=(0, 0),  # nine columns in 80: one space between them
@@ -135,6 +137,12 @@ def group_table(points: list[dict[str, Any]]) -> Group:
             status = f"{_STATUS_WORDS.get(status, status)} [{len(notes)}]"
         elif p.get("note"):  # how a reference ran at this length (its window, padding, a fallback)
             notes.append(f"[{len(notes) + 1}] {p['label']}: {p['note']}")
+            status = f"{status} [{len(notes)}]"
+        elif ok and p.get("compile_s") is not None:
+            from longattn_cli.models.compiled import describe_breaks
+
+            breaks = describe_breaks(Counter(p.get("graph_break_reasons") or {}), most=1)
+            notes.append(f"[{len(notes) + 1}] {p['label']}: compiled in {p['compile_s']:.0f} s; {breaks}")
             status = f"{status} [{len(notes)}]"
         table.add_row(
             name,
@@ -241,7 +249,7 @@ CSV_FIELDS = [
     "label", "kind", "mechanism", "scope", "mode", "n", "batch", "status", "message", "note",
     "time_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s", "tokens_per_s", "peak_memory_bytes",
     "memory_method", "reference", "vs_reference_time", "vs_reference_memory", "sdpa_baseline",
-    "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "gradient_checkpointing", "settings",
+    "vs_sdpa_time", "vs_sdpa_memory", "gflop", "gflops", "ceiling_share", "gradient_checkpointing", "compile", "compile_s", "graph_breaks", "settings",
     "times_s",
 ]  # fmt: skip
 MACHINE_FIELDS = ["cpu", "cpu_count", "threads", "memory_gb", "torch", "transformers", "device", "gpu"]

@@ -96,6 +96,7 @@ def plan(
                     min_time=opts.min_time,
                     dropout=opts.dropout,
                     gradient_checkpointing=opts.gradient_checkpointing,
+                    compile=opts.compile,
                     time_budget=opts.time_budget or None,
                     seed=opts.seed,
                 )
@@ -216,6 +217,7 @@ def _point_record(spec: dict[str, Any]) -> dict[str, Any]:
         "batch": spec["batch"],
         "dtype": spec["dtype"],
         "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
+        "compile": bool(spec.get("compile")),
         "status": "running",
         **({"note": cand["note"]} if cand.get("note") else {}),
     }

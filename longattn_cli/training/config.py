@@ -350,6 +350,11 @@ class TrainingConfig:
     scheduler: str = _doc(f"learning-rate schedule after warm-up: {', '.join(SCHEDULERS)}", "linear")
     max_grad_norm: float | None = _doc("clip the gradient norm to this; null = no clipping", 1.0)
     mixed_precision: str = _doc("auto (bf16 where the GPU supports it), no, bf16 or fp16", "auto")
+    compile: bool = _doc(
+        "torch.compile each encoder layer; the graph breaks are named after the first step (see "
+        "docs/training.md#torchcompile for where it pays)",
+        False,
+    )
     log_every: int = _doc("steps between metric lines in metrics.jsonl", 1)
     eval_every: int | None = _doc("steps between evaluations; null = once per epoch (or at the end)", 200)
     save_every: int | None = _doc("steps between checkpoints; null = only at the end", 200)

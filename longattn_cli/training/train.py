@@ -162,6 +162,11 @@ class _Run:
             order = self._order()
         if self.sharded:
             _expose_to_fsdp2(job)
+        if cfg.compile:
+            from longattn_cli.models.compiled import compile_layers, reset_graph_breaks
+
+            reset_graph_breaks()
+            compile_layers(job.model)
         self.objective, self.optimizer = accelerator.prepare(job.objective, optimizer)
         if resume:
             if self.sharded:
@@ -284,6 +289,10 @@ class _Run:
                 loss, lr, tokens, grad_norm, stopping, padding = self._step(stop)
                 step = state["step"]
                 report.step(step, loss, lr, tokens, grad_norm, step / self.steps_per_epoch, padding)
+                if cfg.compile and step == start + 1:
+                    from longattn_cli.models.compiled import describe_breaks, graph_breaks
+
+                    report.note(f"torch.compile: {describe_breaks(graph_breaks())}")
                 if on_step:
                     on_step(step, job.model)
                 if job.evaluate and _due(step, cfg.eval_every, self.steps_per_epoch, self.total):

@@ -71,6 +71,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def signature(recipe: dict[str, Any], tokenizer: str, data: str, world_size: int) -> dict[str, Any]:
     """What must be equal for a resumed run to continue the interrupted one exactly."""
     flat = {k: v for k, v in flatten(recipe).items() if k not in VOLATILE}
+    if not flat.get("training.compile"):  # off: as in checkpoints made before the key existed
+        flat.pop("training.compile", None)
     return {
         "recipe": flat,
         "tokenizer_hash": tokenizer,
