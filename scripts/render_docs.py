@@ -198,6 +198,87 @@ def predict(page: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ok(points: list[dict], label: str, mode: str) -> dict | None:
+    return next((x for x in points if x["label"] == label and x["mode"] == mode and x["status"] == "ok"), None)
+
+
+def model_table(path: str):
+    """A model-scope ``longattn benchmark`` run: per mechanism and mode, the median step, time and memory ÷
+    the fused SDPA's, and the share of the machine's matmul ceiling; with ``--compile``, the compile time and
+    graph breaks."""
+
+    def block(page: Path) -> str:
+        data = _load(path)
+        points, opts = data["points"], data["options"]
+        modes = [m for m in ("forward", "train") if any(x["mode"] == m for x in points)]
+        compiled = bool(opts.get("compile"))
+        head = ["attention"]
+        for mode in modes:
+            what = "training" if mode == "train" else "forward"
+            head += [f"{what} ms", f"{what} ÷ SDPA, time / memory", "% of ceiling"]
+        if compiled:
+            head += ["compile s (fwd / train)", "graph breaks"]
+        rows = []
+        for label in dict.fromkeys(x["label"] for x in points):
+            row, cells = [f"`{label}`"], [_ok(points, label, m) for m in modes]
+            for x in cells:
+                row += (
+                    [f"{x['time_s'] * 1e3:,.0f}", f"{x['vs_sdpa_time']:.2f} / {x['vs_sdpa_memory']:.2f}",
+                     f"{x['ceiling_share'] * 100:.0f}%"]  # fmt: skip
+                    if x and x.get("vs_sdpa_time") is not None
+                    else [f"{x['time_s'] * 1e3:,.0f}" if x else "–", "–", "–"]
+                )
+            if compiled:
+                row += [
+                    " / ".join(f"{x['compile_s']:.0f}" if x else "–" for x in cells),
+                    str(max((x.get("graph_breaks", 0) for x in cells if x), default=0)),
+                ]
+            rows.append(row)
+        shape = opts["shape"]
+        lines = [
+            f"{opts['lengths'][0]:,} tokens, {shape['num_layers']} layers × {shape['hidden_size']} wide, batch "
+            f"{opts['batch']}, dropout {opts['dropout']:g}, median of {opts['repeats']} steps:",
+            "",
+            *_table(head, rows),
+            "",
+            provenance(path, data),
+        ]
+        return "\n".join(lines) + "\n"
+
+    return block
+
+
+def bf16(page: Path) -> str:
+    """bf16 autocast training against fp32, the default pretraining, per mechanism."""
+    path = "results/bf16/pretrain-200.json"
+    data = _load(path)
+    rows = []
+    for name, r in data["mechanisms"].items():
+        a, b = r["fp32"], r["bf16"]
+        rows.append(
+            [f"`{name}`", f"{a['train_time_s']:.0f}", f"{b['train_time_s']:.0f}",
+             f"{b['train_time_s'] / a['train_time_s']:.2f}", f"{a['peak_memory_mb']:,.0f}",
+             f"{b['peak_memory_mb']:,.0f}", f"{b['peak_memory_mb'] / a['peak_memory_mb']:.2f}",
+             a["results"]["validation loss"], b["results"]["validation loss"], f"{r['max_loss_gap']:.3f}"]
+        )  # fmt: skip
+    head = ["attention", "fp32 s", "bf16 s", "÷", "fp32 MB", "bf16 MB", "÷", "validation fp32", "validation bf16",
+            "largest loss gap"]  # fmt: skip
+    lines = [
+        f"The default pretraining, {data['steps']} steps, same data and seed (memory: the process's resident "
+        "set):",
+        "",
+        *_table(head, rows),
+        "",
+        provenance(path, data),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+MODEL_4K = "results/performance/model-4k.json"
+MODEL_4K_COMPILED = "results/performance/model-4k-compiled.json"
+MODEL_16K = "results/performance/model-16k-2layers.json"
+
+
 def recipe_keys(kind: str):
     """Every key of a ``kind`` recipe with its default and what it does: ``--print-recipe``'s output."""
 
@@ -225,6 +306,10 @@ BLOCKS = {
     "listops": listops,
     "onnx": onnx,
     "predict": predict,
+    "model-4k": model_table(MODEL_4K),
+    "model-4k-compiled": model_table(MODEL_4K_COMPILED),
+    "model-16k": model_table(MODEL_16K),
+    "bf16": bf16,
     "recipe-pretrain": recipe_keys("pretrain"),
     "recipe-finetune": recipe_keys("finetune"),
 }
@@ -233,6 +318,10 @@ SOURCES = {  # the result file each block reads
     "listops": "results/lra-cpu/listops.json",
     "onnx": "results/onnx/speed.json",
     "predict": "results/predict/throughput.json",
+    "model-4k": MODEL_4K,
+    "model-4k-compiled": MODEL_4K_COMPILED,
+    "model-16k": MODEL_16K,
+    "bf16": "results/bf16/pretrain-200.json",
 }
 
 

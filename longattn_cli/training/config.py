@@ -351,8 +351,8 @@ class TrainingConfig:
     max_grad_norm: float | None = _doc("clip the gradient norm to this; null = no clipping", 1.0)
     mixed_precision: str = _doc("auto (bf16 where the GPU supports it), no, bf16 or fp16", "auto")
     compile: bool = _doc(
-        "torch.compile each encoder layer; the graph breaks are named after the first step (see "
-        "docs/training.md#torchcompile for where it pays)",
+        "torch.compile each encoder layer; the graph breaks are named after the first step (off: on CPU no "
+        "mechanism measured faster compiled, see docs/training.md#torchcompile-and-bf16)",
         False,
     )
     log_every: int = _doc("steps between metric lines in metrics.jsonl", 1)
