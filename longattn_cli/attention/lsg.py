@@ -175,7 +175,8 @@ class LSGAttention(Attention):
                 for i in range(0, blocks, step)
             ]
             out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
-        elif p == 0 and q.device.type == "cpu":
+        elif p == 0 and q.device.type == "cpu" and torch.backends.cuda.flash_sdp_enabled():
+            # (the flash flag also governs SDPA's fused CPU kernel: sdpa_kernel(MATH) turns this route off)
             out = _FusedChunks.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
         elif per_block * blocks <= _WINDOW_BUDGET:
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
