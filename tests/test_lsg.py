@@ -271,6 +271,18 @@ def test_training_keeps_the_inputs_not_the_windows(kind, chunk, monkeypatch):
     assert saved[0] < 0.8 * saved[1]
 
 
+def test_training_under_cpu_autocast_runs_in_bf16():
+    """Under CPU autocast the blocks go through SDPA, which casts to bf16, not the fused kernel called
+    directly (which would stay in fp32)."""
+    att = build_attention("lsg", settings(), 3, 8).train()
+    q, k, v = (x.requires_grad_() for x in qkv(1, 2 + 45))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = att(q, k, v, None)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
 def test_lsh_sums_keys_into_buckets_and_trains():
     att = build_attention("lsg", settings(sparsity_type="lsh", lsh_num_pre_rounds=2), 3, 8).train()
     q, k, v = (x.requires_grad_() for x in qkv(2, 2 + 50))

@@ -23,6 +23,8 @@ blocks as the unpadded input, and padding never changes the output at real token
 
 The blocks' attention is torch's SDPA (fused kernels), except in training with attention dropout on CPU, where
 SDPA would take its math path: there :class:`DroppedSoftmax` does the same with cheaper masks (:func:`drop_mask`).
+Training without dropout on CPU calls the fused kernel and its backward directly, a chunk of blocks at a time,
+keeping no windows (:class:`_FusedChunks`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from longattn_cli.attention.base import Attention, exporting, real_first_order, 
 from longattn_cli.attention.settings import SPARSITY_TYPES, LSGSettings  # noqa: F401
 from longattn_cli.errors import UserError
 
-# Training on more key and value windows than this (bytes, all blocks) goes in chunks of about
-# _CHUNK_BUDGET, recomputed in the backward: at 16,384 tokens, 12 heads of 64, the windows are 0.5 GB.
+# Blocks go in chunks of about _CHUNK_BUDGET bytes of key and value windows, except in training with dropout
+# (or off the CPU) on at most _WINDOW_BUDGET of them (all blocks; above it the chunks are recomputed in the
+# backward): at 16,384 tokens, 12 heads of 64, the windows are 0.5 GB.
 _WINDOW_BUDGET = 1 << 27
 _CHUNK_BUDGET = 1 << 25
 
@@ -175,8 +178,7 @@ class LSGAttention(Attention):
                 for i in range(0, blocks, step)
             ]
             out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
-        elif p == 0 and q.device.type == "cpu" and torch.backends.cuda.flash_sdp_enabled():
-            # (the flash flag also governs SDPA's fused CPU kernel: sdpa_kernel(MATH) turns this route off)
+        elif p == 0 and q.device.type == "cpu" and _fused_cpu_kernel():
             out = _FusedChunks.apply(self, blocks, step, qr, kr, vr, mr, kg, vg, *sparse)
         elif per_block * blocks <= _WINDOW_BUDGET:
             out = self._chunk(0, blocks, qr, kr, vr, mr, kg, vg, *sparse)
@@ -361,6 +363,13 @@ class _Chunked(torch.autograd.Function):
 
 def _needs_grad(*xs: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _fused_cpu_kernel() -> bool:
+    """Whether SDPA would take its fused CPU kernel, so :class:`_FusedChunks` may call it directly: the flash
+    flag allows it (``sdpa_kernel(SDPBackend.MATH)`` clears it) and no CPU autocast is on (SDPA casts its
+    inputs under autocast; the kernel called directly would not)."""
+    return torch.backends.cuda.flash_sdp_enabled() and not torch.is_autocast_enabled("cpu")
 
 
 def _bias(m4: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
