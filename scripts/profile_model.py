@@ -14,6 +14,7 @@ figure is the median of ``--repeats`` after one untimed run, all in one process.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -75,7 +76,7 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
         whole = statistics.median(time_steps(prepare, step, torch.device("cpu"), 1, repeats, None)[0])
         inputs: list[torch.Tensor] = []
         hooks = [
-            layer.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach()))
+            layer.register_forward_pre_hook(lambda _, args, inputs=inputs: inputs.append(args[0].detach()))
             for layer in model.layers
         ]
         with torch.no_grad():
@@ -90,19 +91,20 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
         for layer, x in zip(model.layers, inputs, strict=True):
             x = x.clone().requires_grad_(mode == "train")
             with torch.no_grad():
-                q, k, v = layer._heads(layer.query(x)), layer._heads(layer.key(x)), layer._heads(layer.value(x))
+                q, k, v = (
+                    layer._heads(layer.query(x)),
+                    layer._heads(layer.key(x)),
+                    layer._heads(layer.value(x)),
+                )
                 a = layer.attention(q, k, v, mask)
                 b_, n_, c_ = x.shape
                 a = a.transpose(1, 2).reshape(b_, n_, c_)
                 mid = layer.attend(x, mask)
             q, k, v, a, mid = (t.detach().clone().requires_grad_(mode == "train") for t in (q, k, v, a, mid))
             parts["projections"] += _timed(_projections(layer, x, mode), repeats)
-            parts["mechanism"] += _timed(_fwd_bwd(lambda q_, k_, v_: layer.attention(q_, k_, v_, mask),
-                                                  [q, k, v], mode), repeats)  # fmt: skip
-            parts["attention output"] += _timed(
-                _fwd_bwd(lambda a_, x_: layer.attention_norm(x_ + layer.attention_output(a_)), [a, x], mode),
-                repeats,
-            )
+            mechanism = functools.partial(layer.attention, mask=mask)
+            parts["mechanism"] += _timed(_fwd_bwd(mechanism, [q, k, v], mode), repeats)
+            parts["attention output"] += _timed(_fwd_bwd(_output(layer), [a, x], mode), repeats)
             parts["feed-forward"] += _timed(_fwd_bwd(layer.feed_forward, [mid], mode), repeats)
         total = sum(parts.values())
         row = {"step_s": whole, "parts_s": parts, "sum_s": total}
@@ -112,8 +114,13 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
                 p.grad = torch.zeros_like(p)
             row["adamw_s"] = _timed(opt.step, repeats)
         out[mode] = row
-        del model, inputs
+        del model
     return out
+
+
+def _output(layer):
+    """The attention output projection with its residual and norm, as ``attend`` ends."""
+    return lambda a, x: layer.attention_norm(x + layer.attention_output(a))
 
 
 def _embeddings(emb, ids, mask, mode):
@@ -169,7 +176,9 @@ def main() -> None:
     from longattn_cli.bench.machine import machine, provenance, provenance_line
 
     print(provenance_line(args.threads))
-    results = [profile(lab.strip(), args.length, args.repeats, args.layers) for lab in args.attention.split(",")]
+    results = [
+        profile(lab.strip(), args.length, args.repeats, args.layers) for lab in args.attention.split(",")
+    ]
     for mode in ("forward", "train"):
         print(f"\n{mode}, {args.length} tokens (s)")
         print(f"{'part':<18}" + "".join(f"{r['label']:>14}" for r in results))

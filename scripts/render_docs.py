@@ -199,7 +199,9 @@ def predict(page: Path) -> str:
 
 
 def _ok(points: list[dict], label: str, mode: str) -> dict | None:
-    return next((x for x in points if x["label"] == label and x["mode"] == mode and x["status"] == "ok"), None)
+    return next(
+        (x for x in points if x["label"] == label and x["mode"] == mode and x["status"] == "ok"), None
+    )
 
 
 def model_table(path: str):
@@ -223,8 +225,11 @@ def model_table(path: str):
             row, cells = [f"`{label}`"], [_ok(points, label, m) for m in modes]
             for x in cells:
                 row += (
-                    [f"{x['time_s'] * 1e3:,.0f}", f"{x['vs_sdpa_time']:.2f} / {x['vs_sdpa_memory']:.2f}",
-                     f"{x['ceiling_share'] * 100:.0f}%"]  # fmt: skip
+                    [
+                        f"{x['time_s'] * 1e3:,.0f}",
+                        f"{x['vs_sdpa_time']:.2f} / {x['vs_sdpa_memory']:.2f}",
+                        f"{x['ceiling_share'] * 100:.0f}%",
+                    ]  # fmt: skip
                     if x and x.get("vs_sdpa_time") is not None
                     else [f"{x['time_s'] * 1e3:,.0f}" if x else "–", "–", "–"]
                 )

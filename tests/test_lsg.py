@@ -1,6 +1,7 @@
 """LSG attention: against a straightforward dense-mask version of the published algorithm, against softmax
 when the windows cover the sequence, under padding, and through LSG checkpoints in RoBERTa format."""
 
+import functools
 import json
 import math
 
@@ -253,22 +254,31 @@ def test_training_keeps_the_inputs_not_the_windows(kind, chunk, monkeypatch):
     results, saved = [], []
     for route in ("fused chunks", "sdpa"):
         if route == "sdpa":
-            monkeypatch.setattr(lsg._FusedChunks, "apply", lambda a, blocks, step, *xs: a._chunk(0, blocks, *xs))
+            monkeypatch.setattr(
+                lsg._FusedChunks, "apply", lambda a, blocks, step, *xs: a._chunk(0, blocks, *xs)
+            )
         xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        sizes = []
-
-        def pack(t):
-            sizes.append(t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = att(*xs, mask)
+        sizes = _saved_bytes(functools.partial(att, *xs, mask))
+        out = sizes.pop()
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append([out.detach(), *(x.grad for x in xs)])
         saved.append(sum(sizes))
     for a, b in zip(*results, strict=True):
         assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert saved[0] < 0.8 * saved[1]
+
+
+def _saved_bytes(fn) -> list:
+    """Bytes of each tensor ``fn`` saves for the backward, then its output."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return [*sizes, out]
 
 
 def test_training_under_cpu_autocast_runs_in_bf16():

@@ -339,26 +339,16 @@ class _Chunked(torch.autograd.Function):
     def backward(ctx, grad):
         att, blocks, step = ctx.att, ctx.blocks, ctx.step
         q, k, v, m, kg, vg, *sparse = ctx.saved_tensors
-        length = q.shape[2]
         bs = att.settings.block_size
-        gq, gk, gv, gkg, gvg = (torch.zeros_like(x) for x in (q, k, v, kg, vg))
-        gsparse = [torch.zeros_like(x) for x in sparse[:2]]  # compressed keys and values (not the mask)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        buffers = _gradient_buffers(q, k, v, kg, vg, sparse)
+        with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(ctx.rng)  # dropout masks as in the forward, chunk after chunk
             for i in range(0, blocks, step):
                 stop = min(blocks, i + step)
-                where = att._rows(i, stop, length)
-                _, keys, slots = where
-                leaves = [x.detach().requires_grad_() for x in _at(where, q, k, v, kg, vg, *sparse[:2])]
-                lq, lk, lv, lkg, lvg, *ls = leaves
-                ms = (sparse[2][:, :, slots],) if sparse else ()
-                out = att._chunk_of(i, stop, length, lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms)
+                where, leaves, out = _rebuild(att, i, stop, q, k, v, m, kg, vg, sparse)
                 got = torch.autograd.grad(out, leaves, grad[:, :, i * bs : stop * bs], allow_unused=True)
-                targets = _at(where, gq, gk, gv, gkg, gvg, *gsparse)
-                for buf, gx in zip(targets, got, strict=True):
-                    if gx is not None:
-                        buf += gx
-        return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
+                _add_into(where, buffers, got)
+        return _gradients(buffers, sparse)
 
 
 def _needs_grad(*xs: torch.Tensor) -> bool:
@@ -414,9 +404,8 @@ class _FusedChunks(torch.autograd.Function):
         q, k, v, m, kg, vg, *sparse = saved[: ctx.inputs]
         chunks = len(range(0, blocks, step))
         outs, stats = saved[ctx.inputs : ctx.inputs + chunks], saved[ctx.inputs + chunks :]
-        length, bs = q.shape[2], att.settings.block_size
-        gq, gk, gv, gkg, gvg = (torch.zeros_like(x) for x in (q, k, v, kg, vg))
-        gsparse = [torch.zeros_like(x) for x in sparse[:2]]  # compressed keys and values (not the mask)
+        bs = att.settings.block_size
+        buffers = _gradient_buffers(q, k, v, kg, vg, sparse)
         built = []
 
         def cut(*inputs):  # the chunk's windows, with their graph back to the leaves
@@ -425,24 +414,50 @@ class _FusedChunks(torch.autograd.Function):
 
         for c, i in enumerate(range(0, blocks, step)):
             stop = min(blocks, i + step)
-            where = att._rows(i, stop, length)
-            _, keys, slots = where
-            leaves = [x.detach().requires_grad_() for x in _at(where, q, k, v, kg, vg, *sparse[:2])]
-            lq, lk, lv, lkg, lvg, *ls = leaves
-            ms = (sparse[2][:, :, slots],) if sparse else ()
-            with torch.enable_grad():
-                att._chunk_of(i, stop, length, lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms, attend=cut)
+            where, leaves, _ = _rebuild(att, i, stop, q, k, v, m, kg, vg, sparse, attend=cut)
             q4, k4, v4, m4 = built.pop()
             g4 = grad[:, :, i * bs : stop * bs].reshape(q4.shape)
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 g4, q4.detach(), k4.detach(), v4.detach(), outs[c], stats[c], 0.0, False,
                 attn_mask=_bias(m4, q4.dtype),
             )  # fmt: skip
-            got = torch.autograd.grad([q4, k4, v4], leaves, [dq, dk, dv], allow_unused=True)
-            for buf, gx in zip(_at(where, gq, gk, gv, gkg, gvg, *gsparse), got, strict=True):
-                if gx is not None:
-                    buf += gx
-        return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
+            _add_into(
+                where, buffers, torch.autograd.grad([q4, k4, v4], leaves, [dq, dk, dv], allow_unused=True)
+            )
+        return _gradients(buffers, sparse)
+
+
+def _rebuild(att, first, stop, q, k, v, m, kg, vg, sparse, attend=None):
+    """Blocks ``first`` … ``stop - 1`` of a chunked function's inputs again, with a graph: from leaves detached
+    from the chunk's rows (:meth:`LSGAttention._rows`). Returns (rows, leaves, the chunk's output)."""
+    where = att._rows(first, stop, q.shape[2])
+    _, keys, slots = where
+    leaves = [x.detach().requires_grad_() for x in _at(where, q, k, v, kg, vg, *sparse[:2])]
+    lq, lk, lv, lkg, lvg, *ls = leaves
+    ms = (sparse[2][:, :, slots],) if sparse else ()
+    with torch.enable_grad():
+        out = att._chunk_of(
+            first, stop, q.shape[2], lq, lk, lv, m[:, :, keys], lkg, lvg, *ls, *ms, attend=attend
+        )
+    return where, leaves, out
+
+
+def _gradient_buffers(q, k, v, kg, vg, sparse) -> list[torch.Tensor]:
+    """Zeros for the gradients of q, k, v, the globals and the compressed keys and values (not the mask)."""
+    return [torch.zeros_like(x) for x in (q, k, v, kg, vg, *sparse[:2])]
+
+
+def _add_into(where, buffers: list[torch.Tensor], grads) -> None:
+    """Add one chunk's gradients (of its rows ``where``) into the full buffers."""
+    for buf, gx in zip(_at(where, *buffers), grads, strict=True):
+        if gx is not None:
+            buf += gx
+
+
+def _gradients(buffers: list[torch.Tensor], sparse) -> tuple:
+    """A chunked function's backward result: gradients of (q, k, v, m, kg, vg, *sparse), None elsewhere."""
+    gq, gk, gv, gkg, gvg, *gsparse = buffers
+    return None, None, None, gq, gk, gv, None, gkg, gvg, *gsparse, *((None,) if sparse else ())
 
 
 def drop_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:
