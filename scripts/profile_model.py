@@ -36,21 +36,22 @@ def _timed(fn, repeats: int) -> float:
 
 
 def _fwd_bwd(fn, inputs: list[torch.Tensor], mode: str):
-    """A step of ``fn(*inputs)``: forward only (no_grad), or forward and backward of a fixed random gradient
-    into the inputs that need one and the parameters."""
+    """A step of ``fn(*inputs)`` (one output or a tuple of them): forward only (no_grad), or forward and
+    backward of fixed random gradients into the inputs that need one and the parameters."""
     gen = torch.Generator().manual_seed(0)
-    grad = None
+    grads = None
 
     def step():
-        nonlocal grad
+        nonlocal grads
         if mode == "forward":
             with torch.no_grad():
                 fn(*inputs)
             return
-        out = fn(*inputs)
-        if grad is None:
-            grad = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-        out.backward(grad)
+        outs = fn(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if grads is None:
+            grads = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+        torch.autograd.backward(outs, grads)
         for x in inputs:
             x.grad = None
 
@@ -86,8 +87,8 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
         ids = torch.randint(3, model.config.vocab_size, (1, n))
         mask = torch.ones(1, n, dtype=torch.bool)
         parts = dict.fromkeys(PARTS, 0.0)
-        emb = model.embeddings
-        parts["embeddings"] = _timed(_embeddings(emb, ids, mask, mode), repeats)
+        embed = functools.partial(model.embeddings, mask=mask)
+        parts["embeddings"] = _timed(_fwd_bwd(embed, [ids], mode), repeats)
         for layer, x in zip(model.layers, inputs, strict=True):
             x = x.clone().requires_grad_(mode == "train")
             with torch.no_grad():
@@ -101,7 +102,7 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
                 a = a.transpose(1, 2).reshape(b_, n_, c_)
                 mid = layer.attend(x, mask)
             q, k, v, a, mid = (t.detach().clone().requires_grad_(mode == "train") for t in (q, k, v, a, mid))
-            parts["projections"] += _timed(_projections(layer, x, mode), repeats)
+            parts["projections"] += _timed(_fwd_bwd(_projections(layer), [x], mode), repeats)
             mechanism = functools.partial(layer.attention, mask=mask)
             parts["mechanism"] += _timed(_fwd_bwd(mechanism, [q, k, v], mode), repeats)
             parts["attention output"] += _timed(_fwd_bwd(_output(layer), [a, x], mode), repeats)
@@ -118,48 +119,14 @@ def profile(label: str, n: int, repeats: int, layers: int | None) -> dict:
     return out
 
 
+def _projections(layer):
+    """q, k and v of one layer, each with its own gradient in the backward."""
+    return lambda x: (layer.query(x), layer.key(x), layer.value(x))
+
+
 def _output(layer):
     """The attention output projection with its residual and norm, as ``attend`` ends."""
     return lambda a, x: layer.attention_norm(x + layer.attention_output(a))
-
-
-def _embeddings(emb, ids, mask, mode):
-    """The embeddings' forward, and in training their backward (into the tables)."""
-    gen = torch.Generator().manual_seed(2)
-    grad = None
-
-    def step():
-        nonlocal grad
-        if mode == "forward":
-            with torch.no_grad():
-                emb(ids, mask)
-            return
-        out = emb(ids, mask)
-        if grad is None:
-            grad = torch.randn(out.shape, generator=gen)
-        out.backward(grad)
-
-    return step
-
-
-def _projections(layer, x, mode):
-    """q, k and v of one layer, forward and backward (one random gradient per output)."""
-    gen = torch.Generator().manual_seed(1)
-    grads = None
-
-    def step():
-        nonlocal grads
-        if mode == "forward":
-            with torch.no_grad():
-                layer.query(x), layer.key(x), layer.value(x)
-            return
-        outs = [layer.query(x), layer.key(x), layer.value(x)]
-        if grads is None:
-            grads = [torch.randn(o.shape, generator=gen) for o in outs]
-        torch.autograd.backward(outs, grads)
-        x.grad = None
-
-    return step
 
 
 def main() -> None:
