@@ -772,8 +772,8 @@ def _dense_cheaper(n: int) -> bool:
 
 _DENSE_MAX = 1024
 _INSTANCES = 1 << 12  # rows per block of heads
-_CHUNK_ROWS = 1 << 16  # rows per chunk: a block of heads in several hashes (fewer, larger products)
-_PIECE = 1 << 11  # lanes gathered at a time for the batched products
+_CHUNK_ROWS = 1 << 17  # rows per chunk: a block of heads in several hashes (fewer, larger products)
+_PIECE = 1 << 13  # lanes gathered at a time for the batched products
 _LAYOUT_ROWS = 1 << 18  # rows of the chunks laid out together
 
 
