@@ -442,7 +442,9 @@ def test_no_n_by_n_allocation_in_lsh_forward_and_backward():
     )
     with torch.profiler.profile(profile_memory=True) as prof:
         att(q, k, v, None).sum().backward()
-    largest = max(e.cpu_memory_usage for e in prof.events())
+    # Single allocations, by the operators that make them: an enclosing call's figure is its net allocation,
+    # which includes the scratch the backward keeps for the next call.
+    largest = max(e.cpu_memory_usage for e in prof.events() if not e.cpu_children)
     # An n×n fp32 matrix would be 64 MiB; the largest buffers are O(n · num_hash · d) (sparse indices, 1 MiB).
     assert 0 < largest <= 2**20, largest
 

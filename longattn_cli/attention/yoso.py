@@ -19,6 +19,7 @@ training linear; each bucket then carries a d×d table, so the backward costs O(
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -636,11 +637,23 @@ def _place(buckets, counts, first, live, chunk, per_chunk, start, rows, period):
     return source[:total], back
 
 
+_kept = threading.local()  # the backward's scratch buffers, per thread: kept from one call to the next
+
+
 class _Scratch:
-    """Reused buffers: fresh multi-megabyte tensors on every hash cost page faults, several times the copy."""
+    """Buffers reused by every chunk of every layer and step run by this thread (per dtype and device).
+
+    A fresh multi-megabyte tensor costs its page faults, several times the copy into it; a base layer's lane
+    buffers at 4,096 tokens are about 100 MB, above the size the C allocator recycles, so a buffer freed after
+    each layer came back as fresh pages in the next (a base model's step took 140,000-250,000 page faults in
+    these buffers). Kept, they cost that memory once, for the life of the thread.
+    """
 
     def __init__(self, like: torch.Tensor):
-        self.like, self.store = like, {}
+        stores = getattr(_kept, "stores", None)
+        if stores is None:
+            stores = _kept.stores = {}
+        self.like, self.store = like, stores.setdefault((like.dtype, like.device), {})
 
     def __call__(self, name: str, *shape: int) -> torch.Tensor:
         size = math.prod(shape)
@@ -716,7 +729,6 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
                 fill(blk)
                 filled = blk
             _accumulate(chunk, src_qg, src_kv, out_q[blk], out_k[blk], scratch, d, per)
-    del scratch  # its lane buffers are free before the ∂v cumulation allocates its tables
     # Σ_i c_ij g_i is a cumulation of g with the roles of queries and keys swapped, as in the forward.
     gv = cumulate(codes_k, codes_q, g.reshape(b, h, n, d), span)
     shape = (b, h, n, d)
