@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from longattn_cli.attention import build_attention, make_settings
+from longattn_cli.attention import yoso as yoso_module
 from longattn_cli.attention.yoso import (
     _WIDTH,
     YosoSettings,
@@ -283,6 +284,26 @@ def test_lsh_backward_sums_equal_explicit_collision_sums(route, n, tau, d, layou
             torch.randn(2, n, 3, d, generator=gen, dtype=torch.float64).transpose(1, 2) for _ in range(4)
         )
     assert_paper_sums(codes_q, codes_k, q, k, v, g)
+
+
+def test_lsh_backward_keeps_its_buffers_and_its_sums_across_calls(monkeypatch):
+    """The lane buffers live from one call to the next (fresh pages cost more than the products): a call after
+    a larger one and a call after a smaller one still give the paper's sums, in the same memory."""
+    monkeypatch.setattr("longattn_cli.attention.yoso._DENSE_MAX", 0)
+    gen = torch.Generator().manual_seed(3)
+
+    def problem(n):
+        codes = [torch.randint(0, 16, (1, 2, n, 6), generator=gen, dtype=torch.int32) for _ in range(2)]
+        return *codes, *(torch.randn(1, 2, n, 8, generator=gen, dtype=torch.float64) for _ in range(4))
+
+    big, small = problem(300), problem(40)
+    assert_paper_sums(*big)
+    store = yoso_module._kept.stores[(torch.float64, torch.device("cpu"))]
+    kept = {name: x.data_ptr() for name, x in store.items()}
+    assert {"oq", "ok", "qg", "kv", "w"} <= set(kept)
+    assert_paper_sums(*small)
+    assert_paper_sums(*big)
+    assert {name: x.data_ptr() for name, x in store.items()} == kept
 
 
 @pytest.mark.parametrize("route", ["lanes", "attention", "tables", "hashes per chunk, small pieces"])
