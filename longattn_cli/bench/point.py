@@ -252,17 +252,22 @@ def time_steps(
         gc.enable()
 
 
+def _timed_step(prepare: Callable, step: Callable, device: torch.device) -> float:
+    """Seconds of one step, after its untimed ``prepare``, synchronized on both sides."""
+    prepare()
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _timed_loop(prepare, step, device, warmup, repeats, budget, min_time) -> tuple[list[float], float | None]:
     times: list[float] = []
     spent = 0.0
     i = 0
     while True:
-        prepare()
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        dt = time.perf_counter() - t0
+        dt = _timed_step(prepare, step, device)
         spent += dt
         if i >= warmup:
             times.append(dt)
@@ -429,11 +434,6 @@ def _first_compiled_step(prepare: Callable, step: Callable, device: torch.device
     from longattn_cli.models.compiled import graph_breaks, reset_graph_breaks
 
     reset_graph_breaks()
-    prepare()
-    _sync(device)
-    t0 = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - t0
+    first = _timed_step(prepare, step, device)
     breaks = graph_breaks()
     return {"first_step_s": first, "graph_breaks": sum(breaks.values()), "graph_break_reasons": dict(breaks)}
