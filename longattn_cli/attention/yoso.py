@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from longattn_cli.attention import native
 from longattn_cli.attention.base import Attention, exporting, register
 from longattn_cli.attention.settings import MAX_HASH_CODE_LEN, YosoSettings  # noqa: F401
 from longattn_cli.errors import UserError
@@ -683,10 +684,15 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     (B, H, N, D) tensors, c_ij = [code_i = code_j] in each hash (codes: (B, H, N, num_hash)).
 
     ``counts``: the (B·H, N, N) mean collisions, when the forward kept them (:func:`_dense_cheaper` lengths).
+    Longer sequences in fp32 on the CPU go through the compiled kernel (:mod:`native`), the others through the
+    lanes below: the same sums, in a different order.
     """
     b, h, n, d = q.shape
     if counts is not None or _dense_cheaper(n):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
+    if native.usable(q, k, v, g):
+        span = int(max(codes_q.max(), codes_k.max())) + 1
+        return native.collision_gradients(codes_q, codes_k, q, k, v, g, span)
     nh = codes_q.shape[-1]
     heads = _heads_per_chunk(b * h, n)
     blocks, rows = b * h // heads, heads * n  # a block of heads: the rows its sources hold
