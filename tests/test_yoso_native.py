@@ -12,7 +12,8 @@ import torch
 from torch.testing import assert_close
 
 from longattn_cli.attention import build_attention, native
-from longattn_cli.attention.yoso import collision_gradients
+from longattn_cli.attention.settings import YosoSettings
+from longattn_cli.attention.yoso import collision_gradients, cumulate, hash_codes
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None, reason="needs a C++ compiler to build the kernel"
@@ -69,6 +70,28 @@ def test_kernel_gives_the_paper_sums(d, tau, lopsided, layout, monkeypatch):
     assert native.usable(*inputs[2:])
     for got, want in zip(collision_gradients(*inputs), paper_sums(*inputs), strict=True):
         assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d,tau", [(16, 3), (64, 8), (48, 12), (128, 2)])
+def test_kernel_cumulates_each_querys_buckets(d, tau):
+    """The forward's mean over hashes of each query's bucket sum equals the collision matrix times the values,
+    with few buckets (one group of tables for all hashes) and with 4,096 (a hash at a time)."""
+    codes_q, codes_k, v, *_ = problem(2, 3, 200, d, tau, 6, seed=d, layout="heads transposed")
+    assert native.usable(v)
+    c = (codes_q[:, :, :, None, :] == codes_k[:, :, None, :, :]).double().mean(-1)
+    assert_close(cumulate(codes_q, codes_k, v, 2**tau).double(), c @ v.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau,hashes", [(8, 32), (3, 5), (16, 2)])
+def test_kernel_packs_the_same_codes_as_the_torch_route(tau, hashes, monkeypatch):
+    gen = torch.Generator().manual_seed(tau)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 700, 3, 32, generator=gen), dim=-1) for _ in "qk")
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    settings = YosoSettings(hash_code_len=tau, num_hash=hashes, use_expectation=False, seed=4)
+    packed = hash_codes(q, k, settings)
+    monkeypatch.setenv("LONGATTN_NATIVE", "0")
+    for a, b in zip(packed, hash_codes(q, k, settings), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_kernel_and_torch_route_agree_on_a_layer(monkeypatch):

@@ -31,6 +31,8 @@ _FLAGS = {
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
     "longattn_yoso_supports": [_I64],
+    "longattn_yoso_codes": [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64],
+    "longattn_yoso_cumulate": [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR] + [_I64] * 6 + [_F32, ctypes.c_int],
     "longattn_yoso_backward": [_PTR, _I64, _I64, _I64] * 4
     + [_PTR] * 5
     + [_I64] * 6
@@ -111,6 +113,27 @@ def _rows(x: torch.Tensor) -> list:
 
 def _codes(codes: torch.Tensor) -> torch.Tensor:
     return codes.to(torch.int32).contiguous()
+
+
+def codes(projected: torch.Tensor, tau: int, out: torch.Tensor) -> None:
+    """Writes the τ-bit codes of projections (P, rows, hashes · τ), contiguous, into ``out`` (P, rows, hashes)
+    int32, whose rows of one problem are contiguous: bit t of hash f is [projection f·τ + t > 0]."""
+    p, rows, width = projected.shape
+    library().longattn_yoso_codes(
+        projected.data_ptr(), p, rows, width // tau, tau, out.data_ptr(), out.stride(0)
+    )
+
+
+def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor, span: int) -> torch.Tensor:
+    """:func:`yoso.cumulate`, the mean over hashes of each query's bucket sum of the values: (B, H, N, D)."""
+    b, h, n, d = values.shape
+    cq, ck = _codes(codes_q), _codes(codes_k)
+    out = torch.empty(b, h, n, d)
+    library().longattn_yoso_cumulate(
+        *_rows(values), cq.data_ptr(), ck.data_ptr(), out.data_ptr(), b * h, h, n, d, cq.shape[-1], span,
+        1.0 / cq.shape[-1], torch.get_num_threads(),
+    )  # fmt: skip
+    return out
 
 
 def collision_gradients(codes_q, codes_k, q, k, v, g, span: int):

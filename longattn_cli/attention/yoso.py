@@ -303,10 +303,17 @@ def hash_codes(q: torch.Tensor, k: torch.Tensor, settings: YosoSettings) -> tupl
     # tokens than projecting the whole sequence at once, which writes and rereads megabytes per head).
     step = max(1, _HASH_BLOCK // (q.shape[0] * h * nh * tau))
 
+    packed = native.usable(q)  # the compiled kernel packs the bits in one pass over the projections
+
     def code(x):
         out = torch.empty(*x.shape[:-1], nh, dtype=torch.int32, device=x.device)  # int32: half of int64
         for i in range(0, x.shape[2], step):
-            bits = (x[:, :, i : i + step] @ r).gt_(0)  # (B, H, step, num_hash · τ); gt_ keeps floats
+            projected = x[:, :, i : i + step] @ r  # (B, H, step, num_hash · τ)
+            if packed:
+                rows = projected.shape[2]
+                native.codes(projected.view(-1, rows, nh * tau), tau, out.view(-1, x.shape[2], nh)[:, i:])
+                continue
+            bits = projected.gt_(0)  # gt_ keeps floats
             out[:, :, i : i + step] = bits.view(*bits.shape[:-1], nh, tau) @ powers
         return out
 
@@ -370,8 +377,11 @@ def cumulate(
 
     One table of ``capacity`` buckets per hash (the sum of the values of the keys in each bucket), read at the
     query codes (``embedding_bag`` sums over hashes without materialising a (N, num_hash, E) tensor). A few
-    heads at a time (at least _HEAD_BLOCK tokens): their tables and row numbers stay in cache.
+    heads at a time (at least _HEAD_BLOCK tokens): their tables and row numbers stay in cache. fp32 on the CPU
+    goes through the compiled kernel (:mod:`native`), which adds each key's values into its bucket in place.
     """
+    if native.usable(values):
+        return native.cumulate(codes_q, codes_k, values, capacity)
     b, h, n, e = values.shape
     nh = codes_k.shape[-1]
     p = b * h

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -264,6 +265,59 @@ void share(int64_t problems, int threads, int64_t span, int64_t n, int64_t d, Wo
   for (auto& th : pool) th.join();
 }
 
+// out[p, i] = scale · Σ_f Σ_{j: ck[p, j, f] = cq[p, i, f]} v[p, j]: the mean over hashes of each query's
+// bucket sum (YOSO's LSH forward). The bucket sums of a group of hashes are built in tables of (span, d)
+// rows, then each query adds its rows of the group's tables; only the rows a key touched are cleared.
+template <int NV>
+void cumulate_problem(const Tensor& values, const int32_t* cq, const int32_t* ck, float* out, int64_t p,
+                      int64_t heads, int64_t n, int64_t hashes, int64_t span, int64_t group, float scale,
+                      float* tables) {
+  constexpr int64_t D = NV * kLane;
+  const float* x = values.problem(p, heads);
+  const int32_t *q = cq + p * n * hashes, *k = ck + p * n * hashes;
+  float* o = out + p * n * D;
+  for (int64_t f0 = 0; f0 < hashes; f0 += group) {
+    const int64_t f1 = std::min(hashes, f0 + group);
+    for (int64_t j = 0; j < n; ++j) {
+      vec row[NV];
+      for (int u = 0; u < NV; ++u) row[u] = load(x + j * values.sn + u * kLane);
+      for (int64_t f = f0; f < f1; ++f) {
+        float* t = tables + ((f - f0) * span + k[j * hashes + f]) * D;
+        for (int u = 0; u < NV; ++u) store(t + u * kLane, load(t + u * kLane) + row[u]);
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      vec acc[NV];
+      float* oi = o + i * D;
+      for (int u = 0; u < NV; ++u) acc[u] = f0 == 0 ? vec{} : load(oi + u * kLane);
+      for (int64_t f = f0; f < f1; ++f) {
+        const float* t = tables + ((f - f0) * span + q[i * hashes + f]) * D;
+        for (int u = 0; u < NV; ++u) acc[u] += load(t + u * kLane);
+      }
+      if (f1 == hashes)
+        for (int u = 0; u < NV; ++u) acc[u] *= scale;
+      for (int u = 0; u < NV; ++u) store(oi + u * kLane, acc[u]);
+    }
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t f = f0; f < f1; ++f) std::fill_n(tables + ((f - f0) * span + k[j * hashes + f]) * D, D, 0.f);
+  }
+}
+
+// f(std::integral_constant<int, NV>) for the NV = d / 16 vectors of a row (d a multiple of 16, at most 128).
+template <typename F>
+void by_width(int64_t d, F f) {
+  switch (d / kLane) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -282,18 +336,45 @@ int longattn_yoso_backward(const float* q, int64_t q_sb, int64_t q_sh, int64_t q
   const Backward a{{q, q_sb, q_sh, q_sn}, {k, k_sb, k_sh, k_sn}, {v, v_sb, v_sh, v_sn}, {g, g_sb, g_sh, g_sn},
                    cq, ck, dq, dk, dv, heads, n, d, hashes, span, scale_qk, scale_v};
   auto work = [&](int64_t p, Buckets& bk, Scratch& s) {
-    switch (d / kLane) {
-      case 1: return backward_problem<1>(a, p, bk, s);
-      case 2: return backward_problem<2>(a, p, bk, s);
-      case 3: return backward_problem<3>(a, p, bk, s);
-      case 4: return backward_problem<4>(a, p, bk, s);
-      case 5: return backward_problem<5>(a, p, bk, s);
-      case 6: return backward_problem<6>(a, p, bk, s);
-      case 7: return backward_problem<7>(a, p, bk, s);
-      default: return backward_problem<8>(a, p, bk, s);
-    }
+    by_width(d, [&](auto nv) { backward_problem<decltype(nv)::value>(a, p, bk, s); });
   };
   share(problems, threads, span, n, d, work);
+  return 0;
+}
+
+
+// codes[p, i, f] = Σ_t [proj[p, i, f τ + t] > 0] 2^t: the τ-bit codes of `hashes` hashes from the projections
+// (problems, rows, hashes · τ) contiguous, into codes at codes + p · code_sp + i · hashes (int32).
+int longattn_yoso_codes(const float* proj, int64_t problems, int64_t rows, int64_t hashes, int64_t tau,
+                        int32_t* codes, int64_t code_sp) {
+  const int64_t width = hashes * tau;
+  for (int64_t p = 0; p < problems; ++p)
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* x = proj + (p * rows + i) * width;
+      int32_t* out = codes + p * code_sp + i * hashes;
+      for (int64_t f = 0; f < hashes; ++f) {
+        int32_t c = 0;
+        for (int64_t t = 0; t < tau; ++t) c |= (int32_t)(x[f * tau + t] > 0.f) << t;
+        out[f] = c;
+      }
+    }
+  return 0;
+}
+
+int longattn_yoso_cumulate(const float* v, int64_t v_sb, int64_t v_sh, int64_t v_sn, const int32_t* cq,
+                           const int32_t* ck, float* out, int64_t problems, int64_t heads, int64_t n, int64_t d,
+                           int64_t hashes, int64_t span, float scale, int threads) {
+  if (!longattn_yoso_supports(d)) return 1;
+  const Tensor values{v, v_sb, v_sh, v_sn};
+  // Tables of a group of hashes within ~512 KB (a core's L2), at least one hash.
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(hashes, (1 << 17) / (span * d)));
+  auto work = [&](int64_t p, Buckets&, Scratch& s) {
+    if (s.w.size() < (size_t)(group * span * d)) s.w.assign(group * span * d, 0.f);
+    by_width(d, [&](auto nv) {
+      cumulate_problem<decltype(nv)::value>(values, cq, ck, out, p, heads, n, hashes, span, group, scale, s.w.data());
+    });
+  };
+  share(problems, threads, 1, 1, d, work);
   return 0;
 }
 
