@@ -1,4 +1,5 @@
-"""The compiled CPU kernel of YOSO's LSH backward (``yoso_lsh.cpp``), built at first use.
+"""The compiled CPU kernel of YOSO's LSH mode (``yoso_lsh.cpp``: hash codes, bucket sums, the backward), built
+at first use.
 
 torch's extension builder (``torch.utils.cpp_extension.load``: a C++ compiler and ninja) compiles the file once
 per machine kind and source, into torch's extensions cache (``TORCH_EXTENSIONS_DIR``), under a lock that other
