@@ -700,8 +700,8 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     b, h, n, d = q.shape
     if counts is not None or _dense_cheaper(n):
         return _dense_collision_gradients(codes_q, codes_k, q, k, v, g, counts)
+    span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
     if native.usable(q, k, v, g):
-        span = int(max(codes_q.max(), codes_k.max())) + 1
         return native.collision_gradients(codes_q, codes_k, q, k, v, g, span)
     nh = codes_q.shape[-1]
     heads = _heads_per_chunk(b * h, n)
@@ -733,7 +733,6 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, counts=None):
     out_q, out_k = (q.new_zeros(blocks, rows, d) for _ in range(2))
     scratch = _Scratch(q)
     cq, ck = by_chunk(codes_q), by_chunk(codes_k)  # int32: the layout widens one group at a time
-    span = int(max(codes_q.max(), codes_k.max())) + 1  # codes per (head, hash) problem
     total = blocks * groups
     group = max(1, _LAYOUT_ROWS // (per * rows))  # chunks laid out together: bounds the layout's index memory
     filled = -1
