@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -70,6 +71,13 @@ def library():
 def _build():
     from torch.utils import cpp_extension
 
+    if shutil.which("ninja") is None:  # the pip package's binary, in a virtual environment not activated
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
     capability = torch.backends.cpu.get_cpu_capability().upper()
     name = f"longattn_yoso_{capability.lower()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
