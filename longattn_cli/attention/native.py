@@ -48,7 +48,7 @@ def enabled() -> bool:
 
 
 def library():
-    """The loaded kernel (a ctypes library), building them on the first call; None where they cannot be."""
+    """The loaded kernel (a ctypes library), built on the first call; None where it cannot be."""
     if "lib" in _loaded:
         return _loaded["lib"]
     with _lock:
@@ -92,13 +92,10 @@ def _build():
         is_python_module=False,
         verbose=False,
     )
-    # The builder loads the library into the process and names it <name>.so, or <name>_v<k>.so after the
-    # source or flags changed: the one just added, else the newest of that name already loaded.
-    added = sorted(p for p in set(torch.ops.loaded_libraries) - before if Path(p).name.startswith(name))
-    found = added or sorted(
-        (p for p in torch.ops.loaded_libraries if Path(p).name.startswith(name)), key=os.path.getmtime
-    )
-    lib = ctypes.CDLL(found[-1])
+    # The builder loads the library into the process, named <name>.so, or <name>_v<k>.so after the source or
+    # flags changed within one process: the one it just added.
+    (path,) = (p for p in set(torch.ops.loaded_libraries) - before if Path(p).name.startswith(name))
+    lib = ctypes.CDLL(path)
     for symbol, args in _SIGNATURES.items():
         fn = getattr(lib, symbol)
         fn.argtypes, fn.restype = args, ctypes.c_int
@@ -113,6 +110,14 @@ def usable(*tensors: torch.Tensor) -> bool:
         return False
     lib = library()
     return lib is not None and bool(lib.longattn_yoso_supports(tensors[0].shape[-1]))
+
+
+def _check(status: int) -> None:
+    """The kernel's status: 0 done, 2 out of memory (1, an unsupported width, is ruled out by :func:`usable`)."""
+    if status == 2:
+        raise MemoryError("YOSO's compiled CPU kernel ran out of memory for its scratch buffers")
+    if status != 0:
+        raise RuntimeError(f"YOSO's compiled CPU kernel failed with status {status}")
 
 
 def _rows(x: torch.Tensor) -> list:
@@ -138,10 +143,10 @@ def cumulate(codes_q: torch.Tensor, codes_k: torch.Tensor, values: torch.Tensor,
     b, h, n, d = values.shape
     cq, ck = _codes(codes_q), _codes(codes_k)
     out = torch.empty(b, h, n, d)
-    library().longattn_yoso_cumulate(
+    _check(library().longattn_yoso_cumulate(
         *_rows(values), cq.data_ptr(), ck.data_ptr(), out.data_ptr(), b * h, h, n, d, cq.shape[-1], span,
         1.0 / cq.shape[-1], torch.get_num_threads(),
-    )  # fmt: skip
+    ))  # fmt: skip
     return out
 
 
@@ -151,8 +156,8 @@ def collision_gradients(codes_q, codes_k, q, k, v, g, span: int):
     cq, ck = _codes(codes_q), _codes(codes_k)
     nh = cq.shape[-1]
     gq, gk, gv = (torch.empty(b, h, n, d) for _ in range(3))
-    library().longattn_yoso_backward(
+    _check(library().longattn_yoso_backward(
         *_rows(q), *_rows(k), *_rows(v), *_rows(g), cq.data_ptr(), ck.data_ptr(), gq.data_ptr(), gk.data_ptr(),
         gv.data_ptr(), b * h, h, n, d, nh, span, 1.0 / nh, 1.0 / nh, torch.get_num_threads(),
-    )  # fmt: skip
+    ))  # fmt: skip
     return gq, gk, gv

@@ -291,25 +291,32 @@ void backward_problem(const Backward& a, int64_t p, Buckets& bk, Scratch& s) {
   }
 }
 
-// Runs work(p, buckets, scratch) for every problem p on up to `threads` threads.
+// Runs work(p, buckets, scratch) for every problem p on up to `threads` threads. Returns 0, or 2 where memory
+// ran out: an exception must not leave a thread (that ends the process) nor cross into the caller (ctypes).
 template <typename Work>
-void share(int64_t problems, int threads, int64_t span, int64_t n, int64_t d, Work work) {
+int share(int64_t problems, int threads, int64_t span, int64_t n, int64_t d, Work work) {
   std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
   auto run = [&]() {
-    Buckets bk(span, n);
-    Scratch s;
-    s.lt.resize(d * (n + kLane));
-    s.t1.resize(d * d);
-    s.t2.resize(d * d);
-    s.sum.resize(d);
-    s.pq.resize(n), s.pg.resize(n), s.pk.resize(n), s.pv.resize(n);
-    for (int64_t p; (p = next.fetch_add(1)) < problems;) work(p, bk, s);
+    try {
+      Buckets bk(span, n);
+      Scratch s;
+      s.lt.resize(d * (n + kLane));
+      s.t1.resize(d * d);
+      s.t2.resize(d * d);
+      s.sum.resize(d);
+      s.pq.resize(n), s.pg.resize(n), s.pk.resize(n), s.pv.resize(n);
+      for (int64_t p; !failed && (p = next.fetch_add(1)) < problems;) work(p, bk, s);
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
   };
   const int t = (int)std::max<int64_t>(1, std::min<int64_t>(threads, problems));
   std::vector<std::thread> pool;
   for (int i = 1; i < t; ++i) pool.emplace_back(run);
   run();
   for (auto& th : pool) th.join();
+  return failed ? 2 : 0;
 }
 
 // out[p, i] = scale · Σ_f Σ_{j: ck[p, j, f] = cq[p, i, f]} v[p, j]: the mean over hashes of each query's
@@ -385,8 +392,7 @@ int longattn_yoso_backward(const float* q, int64_t q_sb, int64_t q_sh, int64_t q
   auto work = [&](int64_t p, Buckets& bk, Scratch& s) {
     by_width(d, [&](auto nv) { backward_problem<decltype(nv)::value>(a, p, bk, s); });
   };
-  share(problems, threads, span, n, d, work);
-  return 0;
+  return share(problems, threads, span, n, d, work);
 }
 
 
@@ -421,8 +427,7 @@ int longattn_yoso_cumulate(const float* v, int64_t v_sb, int64_t v_sh, int64_t v
       cumulate_problem<decltype(nv)::value>(values, cq, ck, out, p, heads, n, hashes, span, group, scale, s.w.data());
     });
   };
-  share(problems, threads, 1, 1, d, work);
-  return 0;
+  return share(problems, threads, 1, 1, d, work);
 }
 
 }  // extern "C"
